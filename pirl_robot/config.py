@@ -1,0 +1,53 @@
+"""Hydra composition of the configs in <repo>/configs, and their conversion into typed, validated objects."""
+
+from __future__ import annotations
+
+from dataclasses import fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+class ConfigError(ValueError):
+    """A config is malformed: unknown key, wrong type, or a value out of range."""
+
+
+def compose(name: str, overrides: list[str] | None = None) -> DictConfig:
+    """Compose configs/<name>.yaml with Hydra overrides (``algo=grpo rl.iterations=5``)."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra.errors import HydraException
+
+    if not CONFIG_DIR.is_dir():
+        raise ConfigError(f"config directory {CONFIG_DIR} not found (pirl-robot must be installed from its "
+                          "source tree: pip install -e .)")
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            return hydra_compose(config_name=name, overrides=list(overrides or []))
+    except HydraException as e:
+        raise ConfigError(f"cannot compose config {name!r} with overrides {overrides}: {e}") from e
+
+
+def to_dataclass(cls, data: Any, where: str = ""):
+    """Build dataclass `cls` from a mapping, recursing into dataclass-typed fields; unknown keys are errors."""
+    if isinstance(data, DictConfig):
+        data = OmegaConf.to_container(data, resolve=True)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {type(data).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = set(data) - set(known)
+    if unknown:
+        raise ConfigError(f"{where or cls.__name__}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
+    kwargs = {}
+    for k, v in data.items():
+        default = getattr(cls, k, None) if not callable(getattr(cls, k, None)) else None
+        ftype = type(default) if is_dataclass(default) else None
+        kwargs[k] = to_dataclass(ftype, v, f"{where}.{k}" if where else k) if ftype else v
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where or cls.__name__}: {e}") from e

@@ -1,0 +1,53 @@
+"""Few-shot supervised start: behaviour cloning of demonstration chunks with the flow-matching loss."""
+
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from pirl_robot.flow.sampler import flow_matching_loss
+from pirl_robot.policy import Policy
+from pirl_robot.spec import PolicySpec
+from pirl_robot.transforms import DeltaActions, PolicyTransforms, Stats
+
+
+def demo_stats(spec: PolicySpec, data: dict[str, torch.Tensor]) -> PolicyTransforms:
+    """Normalisation stats from demo chunks; action stats are taken in model space (after DeltaActions)."""
+    a = spec.action_dim
+    mask = torch.tensor(spec.delta_action_mask or [False] * a)
+    index = torch.tensor(spec.action_state_index or [-1] * a)
+    delta = DeltaActions(mask, index)({"state": data["state"], "actions": data["actions"]})["actions"]
+    valid = ~data["is_pad"].bool() if "is_pad" in data else torch.ones(delta.shape[:2], dtype=torch.bool)
+    state_stats = Stats.of(data["state"]) if spec.state_dim else None
+    return PolicyTransforms(spec, state_stats, Stats.of(delta[valid]))
+
+
+def behaviour_clone(policy: Policy, data: dict[str, torch.Tensor], steps: int, batch_size: int = 256,
+                    lr: float = 3e-4, seed: int = 0, progress: bool = True) -> list[float]:
+    """Train the velocity field on demo chunks (keys: state, actions (M,H,A) robot space, is_pad, images.*)."""
+    if data["actions"].shape[1:] != (policy.spec.chunk_size, policy.spec.action_dim):
+        raise ValueError(f"demo chunks have shape {tuple(data['actions'].shape[1:])}, the policy predicts "
+                         f"{(policy.spec.chunk_size, policy.spec.action_dim)}")
+    model = policy.model
+    params = model.policy_parameters()
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    gen = torch.Generator().manual_seed(seed)
+    n = data["actions"].shape[0]
+    losses = []
+    model.train()
+    bar = tqdm(range(steps), desc="SFT", disable=not progress, leave=False)
+    for _ in bar:
+        idx = torch.randint(0, n, (min(batch_size, n),), generator=gen)
+        batch = policy.prepare({k: v[idx] for k, v in data.items()})
+        loss = flow_matching_loss(model, model.encode(batch), batch["actions"], generator=gen,
+                                  is_pad=batch.get("is_pad"))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}")
+    model.eval()
+    return losses

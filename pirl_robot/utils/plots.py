@@ -1,0 +1,37 @@
+"""Plots people would rather look at than read: learning curves from metrics.jsonl."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def learning_curve(metrics: str | Path, out: str | Path, title: str = "") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(x) for x in Path(metrics).read_text().splitlines() if x.strip()]
+    train = [r for r in rows if r["kind"] == "train"]
+    evals = [r for r in rows if r["kind"] == "eval"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    if train:
+        xs = [r["env_steps"] for r in train]
+        ax1.plot(xs, [r["success_rate"] for r in train], alpha=0.35, label="train episodes (stochastic)")
+        ax2.plot(xs, [r["mean_return"] for r in train], label="train return")
+    if evals:
+        ax1.errorbar([r["env_steps"] for r in evals], [r["success_rate"] for r in evals],
+                     yerr=[r.get("ci95", 0) for r in evals], marker="o", capsize=3, label="eval (ODE, 95% CI)")
+        sft = [r for r in evals if r.get("tag") == "sft"]
+        if sft:
+            ax1.axhline(sft[0]["success_rate"], ls="--", c="gray", label=f"SFT start ({sft[0]['success_rate']:.2f})")
+    ax1.set(xlabel="env steps", ylabel="success rate", ylim=(-0.02, 1.02), title=title or "success")
+    ax2.set(xlabel="env steps", ylabel="mean episode return", title="return")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return Path(out)
