@@ -57,12 +57,17 @@ class Policy:
                 raise ObservationError(f"camera {cam.name!r}: got {tuple(img.shape[-3:])}, expected "
                                        f"({cam.height}, {cam.width}, 3)")
             batch[f"images.{cam.name}"] = img
+        if "instruction" in obs:  # VLA policies tokenise it themselves; others ignore it
+            text = obs["instruction"]
+            batch["instruction"] = [text] if isinstance(text, str) else list(text)
         return batch
 
     def prepare(self, raw: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return self.transforms.inputs(raw)
 
     def postprocess(self, model_actions: torch.Tensor, raw: dict[str, torch.Tensor]) -> torch.Tensor:
+        # A model may sample in a padded action space (pi0: max_action_dim); the spec's actions come first.
+        model_actions = model_actions[..., : self.spec.action_dim]
         out = self.transforms.outputs({"actions": model_actions, "raw_state": raw.get("state")})
         return out["actions"]
 
