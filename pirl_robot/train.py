@@ -26,7 +26,8 @@ from pirl_robot.flow.sampler import ChainConfig
 from pirl_robot.models.factory import build_model
 from pirl_robot.policy import Policy
 from pirl_robot.rl.algorithms import AlgoConfig
-from pirl_robot.rl.sft import behaviour_clone, demo_stats
+from pirl_robot.rl.sft import behaviour_clone
+from pirl_robot.transforms import PolicyTransforms
 from pirl_robot.rl.trainer import TRAIN_STATE, Trainer
 
 
@@ -36,9 +37,12 @@ def algo_config(cfg: DictConfig) -> AlgoConfig:
     return to_dataclass(AlgoConfig, d, "algo")
 
 
-def build_policy(cfg: DictConfig, spec, data) -> Policy:
+def build_policy(cfg: DictConfig, spec, demos) -> Policy:
+    from pirl_robot.data.demos import compute_stats
+
+    stats = compute_stats(demos, spec)
     model = build_model(cfg.policy.kind, OmegaConf.to_container(cfg.policy.model, resolve=True), spec)
-    return Policy(spec=spec, model=model.to(cfg.device), transforms=demo_stats(spec, data),
+    return Policy(spec=spec, model=model.to(cfg.device), transforms=PolicyTransforms(spec, stats["state"], stats["actions"]),
                   sampler=ChainConfig(num_steps=cfg.algo.chain.num_steps, mode="ode"), model_kind=cfg.policy.kind)
 
 
@@ -57,8 +61,9 @@ def run(cfg: DictConfig) -> dict:
     spec = factory.env_spec(cfg.env)
     demo_root = factory.ensure_demos(cfg.env, cfg.demos.episodes, Path(cfg.demos.root), seed=cfg.demos.seed,
                                      progress=cfg.progress)
-    data = factory.load_demo_chunks(demo_root, spec)
-    say(f"[demos] {cfg.demos.episodes} expert episodes at {demo_root} -> {len(data['actions'])} training chunks")
+    demos = factory.load_demos(demo_root, spec)
+    data = demos.batch(slice(None))
+    say(f"[demos] {demos.num_episodes} expert episodes at {demo_root} -> {len(demos)} training chunks")
 
     env = factory.make_vector_env(cfg.env, seed=cfg.seed)
     last = out / "checkpoints" / "last"
@@ -68,7 +73,7 @@ def run(cfg: DictConfig) -> dict:
             policy = Policy.load(last, device=cfg.device)
             policy.sampler = ChainConfig(num_steps=algo.chain.num_steps, mode="ode")
         else:
-            policy = build_policy(cfg, spec, data)
+            policy = build_policy(cfg, spec, demos)
         trainer = Trainer(policy, env, algo, out, seed=cfg.seed, max_chunks=factory.max_chunks(cfg.env),
                           eval_episodes=cfg.eval.episodes, eval_every=cfg.eval.every, save_every=cfg.save_every,
                           progress=cfg.progress)

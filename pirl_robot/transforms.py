@@ -19,6 +19,7 @@ from pirl_robot.spec import PolicySpec
 
 Batch = dict[str, torch.Tensor]
 EPS = 1e-6
+STATE_CLIP = 10.0  # normalised state entries beyond +-10 std are clipped
 
 
 @dataclass
@@ -42,9 +43,11 @@ class Stats:
         return {"mean": self.mean.tolist(), "std": self.std.tolist()}
 
     @classmethod
-    def of(cls, x: torch.Tensor) -> "Stats":
+    def of(cls, x: torch.Tensor, min_std: float = 1e-3) -> "Stats":
+        """Stats of samples x (..., D). The std floor keeps an entry that barely moved in the data (a finger
+        held closed in every demo) from being blown up by a tiny divisor when it does move later."""
         x = x.reshape(-1, x.shape[-1]).float()
-        return cls(x.mean(0), x.std(0))
+        return cls(x.mean(0), x.std(0).clamp_min(min_std))
 
 
 class Compose:
@@ -59,15 +62,18 @@ class Compose:
 
 @dataclass
 class Normalize:
-    """(x - mean) / std per entry; entries with (near) zero spread pass through centred."""
+    """(x - mean) / std per entry, optionally clipped to [-clip, clip] (observations far outside the data the
+    stats came from would otherwise reach the network as huge values)."""
 
     key: str
     stats: Stats
+    clip: float | None = None
 
     def __call__(self, batch: Batch) -> Batch:
         if self.key in batch:
             x = batch[self.key]
-            batch = {**batch, self.key: (x - self.stats.mean.to(x)) / self.stats.std.to(x).clamp_min(EPS)}
+            y = (x - self.stats.mean.to(x)) / self.stats.std.to(x).clamp_min(EPS)
+            batch = {**batch, self.key: y if self.clip is None else y.clamp(-self.clip, self.clip)}
         return batch
 
 
@@ -147,7 +153,7 @@ class PolicyTransforms:
         ins: list = [DeltaActions(mask, index)]
         outs: list = []
         if self.state_stats is not None:
-            ins.append(Normalize("state", self.state_stats))
+            ins.append(Normalize("state", self.state_stats, clip=STATE_CLIP))
         if self.action_stats is not None:
             ins.append(Normalize("actions", self.action_stats))
             outs.append(Unnormalize("actions", self.action_stats))

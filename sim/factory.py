@@ -5,7 +5,9 @@ Adding a simulator (LIBERO, ...) means adding a branch here; the trainer never i
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -35,10 +37,9 @@ def env_spec(env_cfg: DictConfig) -> PolicySpec:
 
 def make_vector_env(env_cfg: DictConfig, seed: int = 0, num_envs: int | None = None):
     _sim(env_cfg)
-    from sim.maniskill.vector_env import ChunkVectorEnv
+    from sim.maniskill.vector import ChunkVectorEnv
 
-    return ChunkVectorEnv(_maniskill_task(env_cfg), num_envs=num_envs or env_cfg.num_envs,
-                          num_workers=env_cfg.get("num_workers", None))
+    return ChunkVectorEnv(_maniskill_task(env_cfg), num_envs=num_envs or env_cfg.num_envs, seed=seed)
 
 
 def max_chunks(env_cfg: DictConfig) -> int:
@@ -50,15 +51,19 @@ def max_chunks(env_cfg: DictConfig) -> int:
 def ensure_demos(env_cfg: DictConfig, episodes: int, root: Path, seed: int, progress: bool = True) -> Path:
     """Record `episodes` successful expert demos as a LeRobotDataset at `root`, unless already there."""
     _sim(env_cfg)
-    from sim.maniskill.demos import record_demos
+    from sim.maniskill.demos import SIDECAR, record_demos
 
-    if (root / "meta" / "info.json").exists():
+    sidecar = root / SIDECAR
+    if sidecar.exists() and json.loads(sidecar.read_text()).get("kept", 0) >= episodes:
         return root
-    record_demos(_maniskill_task(env_cfg), episodes=episodes, out=root, seed=seed, progress=progress)
+    if root.exists():  # an interrupted recording: demos are regenerable, so start that directory afresh
+        print(f"[demos] {root} is incomplete (interrupted recording?); recording it again")
+        shutil.rmtree(root)
+    record_demos(_maniskill_task(env_cfg), episodes, root, seed=seed, log=print if progress else (lambda *a: None))
     return root
 
 
-def load_demo_chunks(root: Path, spec: PolicySpec) -> dict:
-    from pirl_robot.data.demos import load_chunks
+def load_demos(root: Path, spec: PolicySpec):
+    from pirl_robot.data.demos import load_demos as load
 
-    return load_chunks(root, chunk_size=spec.chunk_size)
+    return load(root, chunk_size=spec.chunk_size, spec=spec)

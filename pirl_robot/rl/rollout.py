@@ -99,6 +99,11 @@ def _stack(records: list[StepRecord], pick=None) -> dict:
                 values=cat([r.value for r in records]))
 
 
+def episode_dict(e) -> dict:
+    return {"seed": int(e.seed), "return": float(e.episode_return), "length": int(e.length),
+            "success": bool(e.success)}
+
+
 def _rows(obs: dict, mask: np.ndarray) -> dict:
     out = {k: v[mask] for k, v in obs.items() if k != "images"}
     if "images" in obs:
@@ -125,7 +130,7 @@ def collect_steps(policy: Policy, env, obs: dict, num_chunks: int, cfg: ChainCon
         if trunc.any():
             boot[torch.as_tensor(trunc)] = value_of(policy, _rows(res.final_obs, trunc))
         boots.append(boot)
-        episodes += list(res.episodes)
+        episodes += [episode_dict(e) for e in res.episodes]
         steps += int(np.sum(res.steps))
         obs = res.obs
     values = torch.stack([r.value for r in records])
@@ -153,7 +158,7 @@ def collect_episodes(policy: Policy, env, seeds: list[int], cfg: ChainConfig, ge
     records, keeps, env_ids, steps = [], [], [], 0
     for _ in range(max_chunks):
         rec, actions = act(policy, obs_to_raw(obs), cfg, generator)
-        res = env.step_chunk(actions)
+        res = env.step_chunk(actions, active=active)
         records.append(rec)
         keeps.append(torch.as_tensor(active.copy()))
         env_ids.append(torch.arange(n))

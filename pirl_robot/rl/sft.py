@@ -7,19 +7,6 @@ from tqdm.auto import tqdm
 
 from pirl_robot.flow.sampler import flow_matching_loss
 from pirl_robot.policy import Policy
-from pirl_robot.spec import PolicySpec
-from pirl_robot.transforms import DeltaActions, PolicyTransforms, Stats
-
-
-def demo_stats(spec: PolicySpec, data: dict[str, torch.Tensor]) -> PolicyTransforms:
-    """Normalisation stats from demo chunks; action stats are taken in model space (after DeltaActions)."""
-    a = spec.action_dim
-    mask = torch.tensor(spec.delta_action_mask or [False] * a)
-    index = torch.tensor(spec.action_state_index or [-1] * a)
-    delta = DeltaActions(mask, index)({"state": data["state"], "actions": data["actions"]})["actions"]
-    valid = ~data["is_pad"].bool() if "is_pad" in data else torch.ones(delta.shape[:2], dtype=torch.bool)
-    state_stats = Stats.of(data["state"]) if spec.state_dim else None
-    return PolicyTransforms(spec, state_stats, Stats.of(delta[valid]))
 
 
 def behaviour_clone(policy: Policy, data: dict[str, torch.Tensor], steps: int, batch_size: int = 256,
