@@ -39,7 +39,8 @@ def make_vector_env(env_cfg: DictConfig, seed: int = 0, num_envs: int | None = N
     _sim(env_cfg)
     from sim.maniskill.vector import ChunkVectorEnv
 
-    return ChunkVectorEnv(_maniskill_task(env_cfg), num_envs=num_envs or env_cfg.num_envs, seed=seed)
+    return ChunkVectorEnv(_maniskill_task(env_cfg), num_envs=num_envs or env_cfg.num_envs, seed=seed,
+                          num_workers=env_cfg.get("num_workers"))
 
 
 def max_chunks(env_cfg: DictConfig) -> int:
