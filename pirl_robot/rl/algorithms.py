@@ -89,7 +89,8 @@ class PPO(Algorithm):
         if c.normalize_advantages:
             adv = (adv - adv.mean()) / (adv.std() + 1e-8)
         pg, stats = ppo_policy_loss(out["logp"], rollout.logp[idx], adv, c.ppo)
-        values = model.value(ctx, out["feats_mean"])
+        # The critic sees the same chain features as at rollout time (stored), not those of the one re-scored step.
+        values = model.value(ctx, rollout.feats_mean[idx])
         vl = value_loss(values, rollout.values[idx], rollout.returns[idx], c.ppo)
         ent = out["entropy"].mean()
         loss = pg + c.ppo.value_coef * vl - c.ppo.entropy_coef * ent

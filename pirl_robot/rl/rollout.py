@@ -47,13 +47,14 @@ def act(policy: Policy, raw: dict[str, torch.Tensor], cfg: ChainConfig,
 
 
 @torch.no_grad()
-def value_of(policy: Policy, obs: dict) -> torch.Tensor:
+def value_of(policy: Policy, obs: dict, num_steps: int) -> torch.Tensor:
+    """V(obs) for bootstrapping. pi0's critic reads chain features averaged over the denoising steps, so they
+    come from a chain of the same length as the rollouts' (ODE: the mean path)."""
     raw = obs_to_raw(obs)
-    ctx = policy.model.encode(policy.prepare(raw))
-    # The critic's input is the observation (plus, for pi0, chain features); feats from a plain ODE chain.
     if not policy.model.has_value_head:
         return torch.zeros(raw[next(iter(raw))].shape[0])
-    chain = sample_chain(policy.model, ctx, ChainConfig(num_steps=1, mode="ode"))
+    ctx = policy.model.encode(policy.prepare(raw))
+    chain = sample_chain(policy.model, ctx, ChainConfig(num_steps=num_steps, mode="ode"))
     return policy.model.value(ctx, chain.feats_mean).float()
 
 
@@ -65,6 +66,7 @@ class Rollout:
     xs: torch.Tensor  # (M, K+1, H, A)
     stochastic: torch.Tensor  # (M, K)
     velocities: torch.Tensor  # (M, K, H, A)
+    feats_mean: torch.Tensor  # (M, F): rollout chain features (the critic's input on pi0)
     logp: torch.Tensor  # (M,)
     values: torch.Tensor  # (M,)
     advantages: torch.Tensor  # (M,)
@@ -78,7 +80,7 @@ class Rollout:
 
     def chain(self, idx: torch.Tensor) -> Chain:
         return Chain(xs=self.xs[idx], stochastic=self.stochastic[idx], velocities=self.velocities[idx],
-                     logp=self.logp[idx], feats_mean=torch.empty(0))
+                     logp=self.logp[idx], feats_mean=self.feats_mean[idx])
 
     def minibatches(self, size: int, generator: torch.Generator):
         perm = torch.randperm(len(self), generator=generator)
@@ -96,6 +98,7 @@ def _stack(records: list[StepRecord], pick=None) -> dict:
     raw = {k: cat([r.raw[k] for r in records]) for k in records[0].raw}
     return dict(raw=raw, xs=cat([r.chain.xs for r in records]), stochastic=cat([r.chain.stochastic for r in records]),
                 velocities=cat([r.chain.velocities for r in records]), logp=cat([r.chain.logp for r in records]),
+                feats_mean=cat([r.chain.feats_mean for r in records]),
                 values=cat([r.value for r in records]))
 
 
@@ -128,13 +131,13 @@ def collect_steps(policy: Policy, env, obs: dict, num_chunks: int, cfg: ChainCon
         dones.append(torch.as_tensor(term | trunc, dtype=torch.float32))
         boot = torch.zeros(len(term))
         if trunc.any():
-            boot[torch.as_tensor(trunc)] = value_of(policy, _rows(res.final_obs, trunc))
+            boot[torch.as_tensor(trunc)] = value_of(policy, _rows(res.final_obs, trunc), cfg.num_steps)
         boots.append(boot)
         episodes += [episode_dict(e) for e in res.episodes]
         steps += int(np.sum(res.steps))
         obs = res.obs
     values = torch.stack([r.value for r in records])
-    following = torch.cat([values[1:], value_of(policy, obs).unsqueeze(0)])
+    following = torch.cat([values[1:], value_of(policy, obs, cfg.num_steps).unsqueeze(0)])
     done_t = torch.stack(dones)
     next_values = torch.where(done_t.bool(), torch.stack(boots), following)
     adv, ret = gae(torch.stack(rewards), values, next_values, torch.stack(terms), done_t, gamma, lam)
