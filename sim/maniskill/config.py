@@ -32,6 +32,7 @@ class TaskConfig:
     exec_horizon: int = 8
     sim_backend: str = "cpu"
     render_backend: str = "cpu"
+    credit_remaining_steps: bool = True  # dense rewards: success pays the remaining steps (see ManiSkillEnv.step)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:

@@ -109,7 +109,14 @@ class ManiSkillEnv:
         """action: (8,) = 7 absolute arm joint targets (rad) + gripper in [-1, 1] (1 open). Clipped to the
         action box (joint limits), as an arm driver would; non-finite actions are refused."""
         raw, reward, terminated, truncated, info = self.env.step(self.clip_action(action))
-        return self.convert_obs(raw), float(reward.item()), bool(terminated.item()), bool(truncated.item()), _info(info)
+        reward, terminated = float(reward.item()), bool(terminated.item())
+        if terminated and self.cfg.reward_mode != "sparse" and self.cfg.credit_remaining_steps:
+            # Episodes end on success. With a dense per-step reward that would pay a policy to postpone success
+            # (a longer episode collects more); credit the remaining steps at the success step's reward instead,
+            # as if the episode had continued in the success state (ManiSkill's own PPO keeps it running).
+            remaining = self.cfg.max_episode_steps - int(self.unwrapped.elapsed_steps.item())
+            reward += reward * max(remaining, 0)
+        return self.convert_obs(raw), reward, terminated, bool(truncated.item()), _info(info)
 
     def clip_action(self, action: np.ndarray) -> np.ndarray:
         """The action as it will be executed: validated, float32, clipped to the joint limits / gripper range."""
