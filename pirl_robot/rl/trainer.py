@@ -75,6 +75,8 @@ class Trainer:
     def evaluate(self, tag: str) -> dict:
         r = evaluate(self.policy, self.eval_env, self.eval_episodes, 10**6, self.cfg.chain.num_steps,
                      self.max_chunks)
+        if self.eval_env is self.env:
+            self.obs = None  # evaluation reset the shared envs: training episodes must start afresh
         row = {"kind": "eval", "tag": tag, "iteration": self.iteration, "env_steps": self.env_steps, **r}
         self._log(row)
         return row
@@ -112,6 +114,8 @@ class Trainer:
             self.obs = self.env.reset(seeds=self.next_seed(self.env.num_envs))
         bar = tqdm(total=iterations, initial=self.iteration, desc=f"RL {self.cfg.kind}", disable=not self.progress)
         while self.iteration < iterations:
+            if self.obs is None:
+                self.obs = self.env.reset(seeds=self.next_seed(self.env.num_envs))
             t0 = time.perf_counter()
             rollout = self.algo.collect(self)
             t_collect = time.perf_counter() - t0
