@@ -25,7 +25,9 @@ class ChainConfig:
     mode: str = "mixed"
     noise_level: float = 0.5  # Flow-SDE's a
     mixed_exclude_last: bool = False
-    reduction: str = "mean"  # how per-entry log-probs combine into one per chunk: "sum" or "mean"
+    # One log-prob per chunk: always the sum over the chunk's entries (H x A, a chunk is one action of the outer
+    # MDP); across the chain's stochastic steps "mean" (RLinf) or "sum" (the exact joint density).
+    reduction: str = "mean"
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -81,10 +83,10 @@ def _step_stats(model: FlowPolicyModel, cfg: ChainConfig, x: torch.Tensor, v: to
 
 
 def _reduce(per_entry: torch.Tensor, mask: torch.Tensor, cfg: ChainConfig) -> torch.Tensor:
-    """per_entry (B, K, H, A), mask (B, K) -> (B,)"""
+    """per_entry (B, K, H, A), mask (B, K) -> (B,): sum over the chunk, then sum or mean over stochastic steps."""
     total = (per_entry.flatten(2).sum(-1) * mask).sum(-1)
     if cfg.reduction == "mean":
-        total = total / (mask.sum(-1).clamp_min(1) * per_entry[0, 0].numel())
+        total = total / mask.sum(-1).clamp_min(1)
     return total
 
 
@@ -126,8 +128,8 @@ def chain_log_prob(model: FlowPolicyModel, ctx: Context, chain: Chain, cfg: Chai
     Returns logp (B,), entropy (B,) of the stochastic steps, and feats_mean (B, F) of the evaluated steps.
     Where every entry has exactly one stochastic step (mixed mode) only that step is evaluated, in one batched
     forward pass; otherwise every step with a stochastic entry is.
-    include_prior adds log N(x_1; 0, I), making logp the exact joint density of the chain (a constant for the
-    policy gradient, needed only to check the likelihood).
+    include_prior adds log N(x_1; 0, I); with reduction "sum" logp is then the exact joint density of the chain
+    (the prior is a constant for the policy gradient, needed only to check the likelihood).
     """
     b, k_steps = chain.stochastic.shape
     grid = time_grid(k_steps).to(chain.xs.device)
@@ -161,10 +163,7 @@ def chain_log_prob(model: FlowPolicyModel, ctx: Context, chain: Chain, cfg: Chai
         feats_mean = torch.stack(feats_all, 1).mean(1)
     if include_prior:
         prior = gaussian_log_prob(chain.xs[:, 0], torch.zeros_like(chain.xs[:, 0]), torch.ones_like(chain.xs[:, 0]))
-        prior = prior.flatten(1).sum(-1)
-        if cfg.reduction == "mean":
-            prior = prior / chain.xs[0, 0].numel()
-        logp = logp + prior
+        logp = logp + prior.flatten(1).sum(-1)
     return {"logp": logp, "entropy": ent, "feats_mean": feats_mean}
 
 

@@ -27,6 +27,7 @@ class AlgoConfig:
     stepnft: StepNFTConfig = StepNFTConfig()
     gamma: float = 0.99
     gae_lambda: float = 0.95
+    reward_scale: float = 1.0  # PPO: rewards are multiplied by it so returns (and the value clip) are O(1)
     chunks_per_env: int = 16  # PPO: chunk decisions per env per iteration
     group_size: int = 8  # GRPO
     min_group_success: float = 0.1
@@ -77,7 +78,8 @@ class PPO(Algorithm):
 
     def collect(self, trainer) -> Rollout:
         rollout, trainer.obs = collect_steps(trainer.policy, trainer.env, trainer.obs, self.cfg.chunks_per_env,
-                                             self.cfg.chain, trainer.gen, self.cfg.gamma, self.cfg.gae_lambda)
+                                             self.cfg.chain, trainer.gen, self.cfg.gamma, self.cfg.gae_lambda,
+                                             self.cfg.reward_scale)
         return rollout
 
     def loss(self, trainer, rollout, idx):

@@ -115,7 +115,7 @@ def _rows(obs: dict, mask: np.ndarray) -> dict:
 
 
 def collect_steps(policy: Policy, env, obs: dict, num_chunks: int, cfg: ChainConfig, generator: torch.Generator,
-                  gamma: float, lam: float) -> tuple[Rollout, dict]:
+                  gamma: float, lam: float, reward_scale: float = 1.0) -> tuple[Rollout, dict]:
     """PPO collection: `num_chunks` chunk decisions in every env, auto-reset, GAE with truncation bootstrap."""
     from pirl_robot.rl.advantages import gae
 
@@ -124,7 +124,7 @@ def collect_steps(policy: Policy, env, obs: dict, num_chunks: int, cfg: ChainCon
         rec, actions = act(policy, obs_to_raw(obs), cfg, generator)
         res = env.step_chunk(actions)
         records.append(rec)
-        rewards.append(torch.as_tensor(res.reward, dtype=torch.float32))
+        rewards.append(torch.as_tensor(res.reward, dtype=torch.float32) * reward_scale)
         term = np.asarray(res.terminated, bool)
         trunc = np.asarray(res.truncated, bool) & ~term
         terms.append(torch.as_tensor(term, dtype=torch.float32))
