@@ -1,0 +1,72 @@
+"""Policy inference on its own thread, so a slow forward pass never blocks the control loop."""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+
+@dataclass
+class ChunkResult:
+    request_id: int
+    obs_tick: int
+    actions: np.ndarray | None  # (H, A) policy actions, None on error
+    noise: np.ndarray | None  # the initial noise used (for exact offline replay)
+    latency_s: float
+    error: str | None = None
+
+
+class InferenceWorker:
+    """Holds at most one request; `on_result` runs on the worker thread."""
+
+    def __init__(self, policy, on_result: Callable[[ChunkResult], None], seed: int = -1):
+        self.policy, self.on_result = policy, on_result
+        self._rng = np.random.default_rng(None if seed < 0 else seed)
+        self._cond = threading.Condition()
+        self._request: tuple[int, int, dict] | None = None
+        self._next_id = 0
+        self._stop = False
+        self.busy = False
+        self._thread = threading.Thread(target=self._loop, name="policy-inference", daemon=True)
+        self._thread.start()
+
+    def reseed(self, seed: int) -> None:
+        self._rng = np.random.default_rng(None if seed < 0 else seed)
+
+    def submit(self, obs: dict, obs_tick: int) -> int:
+        with self._cond:
+            self._next_id += 1
+            self._request = (self._next_id, obs_tick, obs)
+            self._cond.notify_all()
+            return self._next_id
+
+    def _loop(self) -> None:
+        spec = self.policy.spec
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._request is not None or self._stop)
+                if self._stop:
+                    return
+                rid, tick, obs = self._request
+                self._request = None
+                self.busy = True
+            noise = self._rng.standard_normal((spec.chunk_size, spec.action_dim)).astype(np.float32)
+            t0 = time.perf_counter()
+            try:
+                actions, error = self.policy.infer(obs, noise=noise)["actions"], None
+            except Exception as e:  # NaN actions, bad observation, a crashing model: the control loop decides
+                actions, error = None, f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}"
+            result = ChunkResult(rid, tick, actions, noise, time.perf_counter() - t0, error)
+            self.busy = False
+            self.on_result(result)
+
+    def close(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        self._thread.join(timeout=5.0)

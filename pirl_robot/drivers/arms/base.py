@@ -1,0 +1,99 @@
+"""The arm interface and the latest-joint-state bookkeeping drivers share."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+
+class ArmError(RuntimeError):
+    """The arm is not connected, was lost, or rejected a command."""
+
+
+class StaleStateError(ArmError):
+    """The newest joint state is older than the caller accepts (or none arrived yet)."""
+
+
+@dataclass(frozen=True)
+class JointSample:
+    """Joint positions (and velocities) by name; stamp: time.monotonic() when received on this computer."""
+
+    names: tuple[str, ...]
+    position: np.ndarray
+    velocity: np.ndarray | None
+    stamp: float
+    source_stamp: float | None = None  # the message header stamp (s), to match inputs of the same instant
+
+    def age_ms(self, now: float | None = None) -> float:
+        return ((time.monotonic() if now is None else now) - self.stamp) * 1e3
+
+    def pick(self, names: tuple[str, ...], what: str = "position") -> np.ndarray:
+        src = self.position if what == "position" else self.velocity
+        if src is None:
+            raise ArmError(f"joint state carries no {what}")
+        idx = {n: i for i, n in enumerate(self.names)}
+        missing = [n for n in names if n not in idx]
+        if missing:
+            raise ArmError(f"joint state lacks {missing} (has {list(self.names)})")
+        return np.array([src[idx[n]] for n in names], dtype=np.float64)
+
+
+class Arm:
+    """Base class. `command_names`: the entries `send` takes, in order (joint targets, a gripper...)."""
+
+    joint_names: tuple[str, ...] = ()
+    command_names: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        self._latest: JointSample | None = None
+        self._lock = threading.Lock()
+        self._listeners: list[Callable[[JointSample], None]] = []
+        self._connected = False
+
+    @property
+    def is_connected(self) -> bool:
+        return self._connected
+
+    def connect(self) -> None:
+        self._connected = True
+
+    def disconnect(self) -> None:
+        self._connected = False
+
+    def add_state_listener(self, fn: Callable[[JointSample], None]) -> None:
+        """fn(sample) on every new joint state (the deploy node can tick on the arm's state rate)."""
+        self._listeners.append(fn)
+
+    def _store(self, sample: JointSample) -> None:
+        with self._lock:
+            self._latest = sample
+        for fn in self._listeners:
+            fn(sample)
+
+    def read_state(self, max_age_ms: float) -> JointSample:
+        if not self._connected:
+            raise ArmError(f"{type(self).__name__} is not connected")
+        with self._lock:
+            s = self._latest
+        if s is None:
+            raise StaleStateError("no joint state received yet")
+        if s.age_ms() > max_age_ms:
+            raise StaleStateError(f"joint state is {s.age_ms():.0f} ms old (limit {max_age_ms:.0f} ms)")
+        return s
+
+    def send(self, targets: np.ndarray) -> np.ndarray:
+        """Command `targets` (ordered as command_names); returns what was actually sent."""
+        raise NotImplementedError
+
+    def _check_targets(self, targets) -> np.ndarray:
+        t = np.asarray(targets, dtype=np.float64).reshape(-1)
+        if t.shape != (len(self.command_names),):
+            raise ArmError(f"command has {t.size} entries, the arm takes {len(self.command_names)} "
+                           f"({list(self.command_names)})")
+        if not np.isfinite(t).all():
+            raise ArmError(f"refusing non-finite command {t}")
+        return t
