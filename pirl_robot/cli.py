@@ -16,6 +16,9 @@ import sys
 # verb -> (module with a main(argv) -> int, one-line help). Modules import lazily: `pirl --help` stays instant.
 VERBS: dict[str, tuple[str, str]] = {
     "train": ("pirl_robot.train", "few-shot SFT from sim demos, then online RL (PPO / GRPO / π-StepNFT)"),
+    "eval": ("pirl_robot.evaluate", "success rates of a checkpoint or bundle per task and suite (LIBERO, ManiSkill)"),
+    "export": ("pirl_robot.bundle.cli", "export a checkpoint as a deploy bundle (checksummed, no pickle)"),
+    "deploy": ("pirl_robot.deploy.runner", "run the deploy node and drivers (what deploy.launch.py starts)"),
 }
 
 

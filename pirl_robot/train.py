@@ -61,7 +61,7 @@ def run(cfg: DictConfig) -> dict:
     spec = factory.env_spec(cfg.env)
     demo_root = factory.ensure_demos(cfg.env, cfg.demos.episodes, Path(cfg.demos.root), seed=cfg.demos.seed,
                                      progress=cfg.progress)
-    demos = factory.load_demos(demo_root, spec)
+    demos = factory.load_demos(demo_root, spec, cfg.env)
     data = demos.batch(slice(None))
     say(f"[demos] {demos.num_episodes} expert episodes at {demo_root} -> {len(demos)} training chunks")
 
