@@ -96,3 +96,19 @@ def test_malformed_config_is_a_clear_error(capsys):
     assert train_main(["algo.chain.mode=bogus", "progress=false"]) == 2
     assert "chain mode 'bogus'" in capsys.readouterr().err
     assert train_main(["algo.not_a_key=1"]) == 2
+
+
+def test_grpo_groups_start_identically_and_can_share_chain_noise(setup):
+    from pirl_robot.rl.rollout import collect_episodes
+
+    spec, stats, env = setup
+    torch.manual_seed(0)
+    model = build_model("flow_mlp", {"hidden": 32, "token_dim": 8, "obs_dim": 16}, spec)
+    policy = Policy(spec, model, PolicyTransforms(spec, stats["state"], stats["actions"]))
+    rollout, episodes = collect_episodes(policy, env, [7, 7, 9, 9], ChainConfig(mode="mixed"),
+                                         torch.Generator().manual_seed(0), max_chunks=8, shared_noise_groups=2)
+    first = rollout.raw["state"][:4]  # rows of the first chunk, in env order
+    assert torch.equal(first[0], first[1]) and torch.equal(first[2], first[3]) and not torch.equal(first[0], first[2])
+    x1 = rollout.xs[:4, 0]
+    assert torch.equal(x1[0], x1[1]) and torch.equal(x1[2], x1[3]) and not torch.equal(x1[0], x1[2])
+    assert [e["seed"] for e in episodes] == [7, 7, 9, 9]

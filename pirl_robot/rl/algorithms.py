@@ -30,6 +30,7 @@ class AlgoConfig:
     reward_scale: float = 1.0  # PPO: rewards are multiplied by it so returns (and the value clip) are O(1)
     chunks_per_env: int = 16  # PPO: chunk decisions per env per iteration
     group_size: int = 8  # GRPO
+    group_shared_noise: bool = False  # GRPO: a group shares its initial chain noise (see collect_episodes)
     min_group_success: float = 0.1
     max_group_success: float = 0.9
     update_epochs: int = 4
@@ -104,7 +105,7 @@ class GRPO(Algorithm):
         c = self.cfg
         seeds = _episode_seeds(trainer, c.group_size)
         rollout, stats = collect_episodes(trainer.policy, trainer.env, seeds, c.chain, trainer.gen,
-                                          trainer.max_chunks)
+                                          trainer.max_chunks, c.group_size if c.group_shared_noise else 1)
         returns = torch.tensor([s["return"] for s in stats])
         success = torch.tensor([s["success"] for s in stats])
         groups = torch.arange(len(stats)) // c.group_size

@@ -36,11 +36,11 @@ class StepRecord:
 
 
 @torch.no_grad()
-def act(policy: Policy, raw: dict[str, torch.Tensor], cfg: ChainConfig,
-        generator: torch.Generator | None) -> tuple[StepRecord, np.ndarray]:
+def act(policy: Policy, raw: dict[str, torch.Tensor], cfg: ChainConfig, generator: torch.Generator | None,
+        noise: torch.Tensor | None = None) -> tuple[StepRecord, np.ndarray]:
     model = policy.model
     ctx = model.encode(policy.prepare(raw))
-    chain = sample_chain(model, ctx, cfg, generator=generator)
+    chain = sample_chain(model, ctx, cfg, noise=noise, generator=generator)
     value = model.value(ctx, chain.feats_mean) if model.has_value_head else torch.zeros(chain.xs.shape[0])
     actions = policy.postprocess(chain.actions, raw)[:, : policy.spec.exec_horizon]
     return StepRecord(raw, chain, value.float()), actions.float().cpu().numpy()
@@ -148,9 +148,12 @@ def collect_steps(policy: Policy, env, obs: dict, num_chunks: int, cfg: ChainCon
 
 
 def collect_episodes(policy: Policy, env, seeds: list[int], cfg: ChainConfig, generator: torch.Generator,
-                     max_chunks: int) -> tuple[Rollout, list[dict]]:
+                     max_chunks: int, shared_noise_groups: int = 1) -> tuple[Rollout, list[dict]]:
     """One episode per env, each starting from its seed (equal seeds = identical initial states).
 
+    shared_noise_groups > 1: consecutive blocks of that many envs (GRPO groups) draw the same initial chain
+    noise x_1 at each chunk (common random numbers). Every x_1 is still N(0, I), but the outcome differences
+    inside a group then come from the stochastic denoising steps the policy gradient credits, not from x_1.
     Chunks an env takes after its episode ended are dropped. Returns the rollout (labels = +1/-1 by episode
     success, advantages left at 0 for the caller) and one stats dict per env, in env order.
     """
@@ -159,8 +162,13 @@ def collect_episodes(policy: Policy, env, seeds: list[int], cfg: ChainConfig, ge
     active = np.ones(n, bool)
     ret, success, length = np.zeros(n), np.zeros(n, bool), np.zeros(n, int)
     records, keeps, env_ids, steps = [], [], [], 0
+    h, a = policy.model.chunk_size, policy.model.action_dim
     for _ in range(max_chunks):
-        rec, actions = act(policy, obs_to_raw(obs), cfg, generator)
+        noise = None
+        if shared_noise_groups > 1:
+            noise = torch.randn(-(-n // shared_noise_groups), h, a, generator=generator)
+            noise = noise.repeat_interleave(shared_noise_groups, 0)[:n]
+        rec, actions = act(policy, obs_to_raw(obs), cfg, generator, noise)
         res = env.step_chunk(actions, active=active)
         records.append(rec)
         keeps.append(torch.as_tensor(active.copy()))
