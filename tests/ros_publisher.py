@@ -2,6 +2,7 @@
 sensor_msgs/Image (what joint_state_broadcaster and any ROS camera driver publish) until killed.
 
     python tests/ros_publisher.py '{"joints": {...}, "image_topic": "/wrist/image_raw", "image": [H, W, seed]}'
+    python tests/ros_publisher.py '{"image_topic": "/wrist/image_raw", "image": [H, W, seed], "rate_hz": 30}'
 """
 
 import json
@@ -30,9 +31,10 @@ def main():
     cfg = json.loads(sys.argv[1])
     rclpy.init()
     node = Node("third_party_driver")
-    js = node.create_publisher(JointState, cfg.get("joint_states_topic", "/joint_states"), 10)
+    joints = cfg.get("joints") or {}  # none: a camera driver only
+    js = node.create_publisher(JointState, cfg.get("joint_states_topic", "/joint_states"), 10) if joints else None
     img_pub = node.create_publisher(Image, cfg["image_topic"], 10) if cfg.get("image_topic") else None
-    names, pos = list(cfg["joints"]), [float(v) for v in cfg["joints"].values()]
+    names, pos = list(joints), [float(v) for v in joints.values()]
     if img_pub:
         h, w, seed = cfg["image"]
         img = pattern_image(h, w, seed)
@@ -43,9 +45,10 @@ def main():
             m = Image(height=h, width=w, encoding="rgb8", is_bigendian=0, step=w * 3, data=img.tobytes())
             m.header.stamp = stamp
             img_pub.publish(m)
-        m = JointState(name=names, position=pos, velocity=[0.0] * len(pos))
-        m.header.stamp = stamp
-        js.publish(m)
+        if js:
+            m = JointState(name=names, position=pos, velocity=[0.0] * len(pos))
+            m.header.stamp = stamp
+            js.publish(m)
         time.sleep(period)
 
 

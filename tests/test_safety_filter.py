@@ -88,6 +88,25 @@ def test_smooth_start_ramps_from_the_measured_state(filt, cfg):
     assert len(cmds) > 20  # a ramp, not a jump
 
 
+def test_the_start_waits_for_the_arm_not_the_gripper(filt, cfg):
+    """Closing on nothing: the policy asks for -1, the fingers stop where they can (measured -0.6). The arm is
+    already where the policy wants it, so the start ends at once; the gripper still ramps within its limits."""
+    target = np.r_[REST[:7], -1.0]
+    measured = np.r_[REST[:7], 1.0]
+    assert filt.resume()[0]
+    out = filt.step(target, measured, T)
+    assert out.mode == Mode.RUNNING and [e.cause for e in out.events] == ["start", "start_done"]
+    g = cfg.gripper
+    cmds = [out.command]
+    for _ in range(60):
+        measured[-1] = max(-0.6, measured[-1] - g.max_velocity * T)  # the fingers follow down to their end stop
+        cmds.append(filt.step(target, measured, T).command)
+    grip = np.array([1.0] + [c[-1] for c in cmds])
+    assert (np.abs(np.diff(grip)) <= min(g.max_step, g.max_velocity * T) + 1e-12).all()
+    assert grip.min() >= g.min_position and grip[-1] == -1.0  # the command reaches the policy's -1, never below
+    assert filt.mode == Mode.RUNNING and all(np.array_equal(c[:7], REST[:7]) for c in cmds)
+
+
 def test_controlled_stop_decelerates_within_limits_to_rest(filt, cfg):
     far = moving_fast(filt, cfg)
     v0 = filt._v.copy()

@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pirl_robot.safety import Mode, SafetyConfig, SafetyFilter, load_safety_config
+from safety_utils import PinocchioFK
 
 ROOT = Path(__file__).resolve().parents[1]
 PANDA_YAML = ROOT / "configs" / "robot" / "panda.yaml"
@@ -33,24 +34,6 @@ TOL = {"position": 1e-12, "gripper": 1e-12, "step": 1e-12, "velocity": 1e-10, "a
 
 
 # --- the independent checker ------------------------------------------------------------------------------------
-class PinocchioFK:
-    """End-effector position from SAPIEN's Pinocchio model of the same URDF (a second, independent FK)."""
-
-    def __init__(self, urdf: str, ee_link: str, n_arm: int):
-        sapien = pytest.importorskip("sapien")
-        self.scene = sapien.Scene()
-        robot = self.scene.create_urdf_loader().load(urdf)
-        self.model = robot.create_pinocchio_model()
-        self.link = [link.name for link in robot.get_links()].index(ee_link)
-        self.dof, self.n_arm = len(robot.get_active_joints()), n_arm
-
-    def __call__(self, q_arm: np.ndarray) -> np.ndarray:
-        full = np.zeros(self.dof)
-        full[: self.n_arm] = q_arm
-        self.model.compute_forward_kinematics(full)
-        return np.asarray(self.model.get_link_pose(self.link).p, dtype=np.float64)
-
-
 @dataclass
 class Report:
     cases: int = 0

@@ -21,6 +21,17 @@ class ChunkResult:
     error: str | None = None
 
 
+def check_chunk(actions, spec) -> np.ndarray:
+    """The policy's output as a finite (chunk_size, action_dim) array, or a ValueError (the node holds)."""
+    a = np.asarray(actions)
+    if a.dtype.kind != "f" or a.shape != (spec.chunk_size, spec.action_dim):
+        raise ValueError(f"policy returned {a.dtype} actions of shape {a.shape}, expected floats of shape "
+                         f"({spec.chunk_size}, {spec.action_dim})")
+    if not np.isfinite(a).all():
+        raise ValueError(f"policy returned NaN/inf actions (in {int((~np.isfinite(a)).sum())} entries)")
+    return a
+
+
 class InferenceWorker:
     """Holds at most one request; `on_result` runs on the worker thread."""
 
@@ -58,7 +69,7 @@ class InferenceWorker:
             noise = self._rng.standard_normal((spec.chunk_size, spec.action_dim)).astype(np.float32)
             t0 = time.perf_counter()
             try:
-                actions, error = self.policy.infer(obs, noise=noise)["actions"], None
+                actions, error = check_chunk(self.policy.infer(obs, noise=noise)["actions"], spec), None
             except Exception as e:  # NaN actions, bad observation, a crashing model: the control loop decides
                 actions, error = None, f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}"
             result = ChunkResult(rid, tick, actions, noise, time.perf_counter() - t0, error)

@@ -118,6 +118,9 @@ class DeployNode(LifecycleNode):
             self.inputs.connect(self._on_joint_state)
             self.arm = self.inputs.arm
             self.safety.driver(True)
+            from pirl_robot.record.ros import attach_recorder  # recording + Rerun on node.taps (record/ros.py)
+
+            self.recorder = attach_recorder(self)
         except (BundleError, ValueError, ArmError, CameraError) as e:
             self.get_logger().error(f"configure failed: {e}")
             self._release()
@@ -182,6 +185,9 @@ class DeployNode(LifecycleNode):
 
     def _release(self) -> None:
         self._configured = False
+        if getattr(self, "recorder", None) is not None:
+            self.recorder.close()  # commits the open episode
+            self.recorder = None
         if getattr(self, "worker", None) is not None:
             self.worker.close()
             self.worker = None
@@ -232,13 +238,15 @@ class DeployNode(LifecycleNode):
             return "not configured"
         self.stop_policy()
         joints = self.arm._latest if self.arm is not None else None
-        hold = self.safety.estop(joints)
-        if hold is not None:
-            try:
-                self.arm.send(hold)
-            except ArmError as e:
-                self.get_logger().error(f"e-stop hold refused by the arm driver: {e}")
-        self._publish_events(self.safety.drain_events())
+        with self.safety.lock:  # no command of a tick computed before the e-stop goes out after its hold
+            hold = self.safety.estop(joints)
+            if hold is not None:
+                try:
+                    self.arm.send(hold)
+                except ArmError as e:
+                    self.get_logger().error(f"e-stop hold refused by the arm driver: {e}")
+            events = self.safety.drain_events()
+        self._publish_events(events)
         self.get_logger().warning(f"E-STOP latched {detail}".strip())
         return "e-stop latched"
 
@@ -300,7 +308,7 @@ class DeployNode(LifecycleNode):
                 self.get_logger().error(f"control tick failed: {type(e).__name__}: {e}", throttle_duration_sec=1.0)
 
     def _tick(self) -> None:
-        t0 = time.monotonic()
+        t0, cpu0 = time.monotonic(), time.thread_time()  # CPU time: the tick's own work, without preemption
         tick, self.tick = self.tick, self.tick + 1
         fault: Exception | None = None
         obs = measured = None
@@ -319,27 +327,31 @@ class DeployNode(LifecycleNode):
         if measured is None and self.arm is not None:
             measured = self.arm._latest  # stale, but the filter brakes better knowing where the arm was
         dt = None if self._last_tick_time is None else t0 - self._last_tick_time
-        outcome = self.safety.step(raw, measured, fault, dt)  # THE safety hook: see safety_hook.py
-        if outcome.mode == "stopped" and not self._executing:
-            outcome.command = None  # at rest after a stop: the arm's controller holds its last target
-        if outcome.command is not None:
-            try:
-                self.arm.send(outcome.command)
-            except ArmError as e:
-                self.safety.driver(False, str(e))
-                self.get_logger().error(f"command refused by the arm driver: {e}", throttle_duration_sec=1.0)
+        with self.safety.lock:  # step + send as one: an e-stop never lands between them (docs/safety.md)
+            outcome = self.safety.step(raw, measured, fault, dt)  # THE safety hook: see safety_hook.py
+            if outcome.mode == "stopped" and not self._executing:
+                outcome.command = None  # at rest after a stop: the arm's controller holds its last target
+            if outcome.command is not None:
+                try:
+                    self.arm.send(outcome.command)
+                except ArmError as e:
+                    self.safety.driver(False, str(e))
+                    self.get_logger().error(f"command refused by the arm driver: {e}", throttle_duration_sec=1.0)
         if outcome.events:
             self._publish_events(outcome.events)
         self._last_tick_time = t0
         done = time.monotonic()
         self.stats["overhead"].add(done - t0 - waited)
+        self.stats["overhead_cpu"].add(time.thread_time() - cpu0)
         if fresh is not None:
             self.stats["state_to_command"].add(done - fresh.stamp - waited)
         self.stats["ticks"] += 1
         self.safety_mode = outcome.mode
         for tap in self.taps:
             tap("command", {"tick": tick, "raw": raw, "applied": outcome.command, "events": outcome.events,
-                            "fault": None if fault is None else str(fault), "episode": self.episode})
+                            "fault": None if fault is None else str(fault), "episode": self.episode,
+                            "obs": obs, "joints": fresh, "t": t0, "overhead_s": done - t0 - waited,
+                            "waited_s": waited, "executing": self._executing, "mode": outcome.mode})
 
     def _next_action(self, tick: int, obs: dict) -> tuple[np.ndarray | None, float, Exception | None]:
         waited = 0.0
@@ -399,7 +411,8 @@ class DeployNode(LifecycleNode):
 
     # --- diagnostics ----------------------------------------------------------------------------------------
     def _reset_stats(self) -> None:
-        self.stats: dict[str, Any] = {"jitter": Rolling(), "overhead": Rolling(), "state_to_command": Rolling(),
+        self.stats: dict[str, Any] = {"jitter": Rolling(), "overhead": Rolling(), "overhead_cpu": Rolling(),
+                                      "state_to_command": Rolling(),
                                       "inference": Rolling(), "ticks": 0, "chunks": 0, "stale": 0, "stale_executing": 0,
                                       "underruns": 0}
         self._last_tick_time = None
@@ -413,7 +426,7 @@ class DeployNode(LifecycleNode):
         d.update(chunks=s["chunks"], underruns=s["underruns"])
         if self._configured:
             d["bundle"] = self.bundle.bundle_id
-        for k in ("jitter", "overhead", "state_to_command", "inference"):
+        for k in ("jitter", "overhead", "overhead_cpu", "state_to_command", "inference"):
             for q, v in s[k].summary().items():
                 d[f"{k}_{q}" + ("_ms" if q != "n" else "")] = v
         return d

@@ -122,6 +122,23 @@ PARAMS: tuple[Param, ...] = (
           "transitions from a manager)."),
     Param("autostart", "bool", False, "Start executing the policy as soon as the node is active."),
     Param("diagnostics_period_s", "float", 1.0, "Period of /diagnostics messages (s).", _positive),
+    # --- recording and Rerun (pirl_robot/record, docs/record_replay.md) -----------------------------------------
+    Param("record_dir", "str", "", "Record every episode under this directory (one LeRobotDataset per episode, "
+          "sidecars, .rrd); empty: no recording."),
+    Param("record_operator", "str", "", "Who runs the evaluation (stored with every episode)."),
+    Param("record_outcome", "str", "operator", "'operator': success/failure entered on ~/episode_outcome "
+          "(std_srvs/SetBool) or with the operator console; 'sim:<topic>' (e.g. sim:/sim_arm_node/episode): from "
+          "the simulated arm's episode status.",
+          lambda v, _: None if v == "operator" or (v.startswith("sim:/") and len(v) > 5)
+          else "must be 'operator' or 'sim:/<status topic>'"),
+    Param("record_video", "bool", False, "Store camera frames as MP4 (smaller, lossy) instead of PNG (lossless: "
+          "offline replay reproduces actions exactly)."),
+    Param("rerun", "str", "", "Rerun live view: '' off, 'connect' (a viewer on this machine), 'serve' (host a "
+          "gRPC server), a rerun+http://HOST:PORT/proxy URL, or a .rrd path. Recorded episodes get a .rrd each "
+          "either way.",
+          lambda v, _: None if v in ("", "connect", "serve") or v.startswith(("rerun://", "rerun+http://",
+                                                                              "rerun+https://")) or v.endswith(".rrd")
+          else "must be '', 'connect', 'serve', a rerun+http:// URL or a path ending in .rrd"),
 )
 
 BY_NAME = {p.name: p for p in PARAMS}

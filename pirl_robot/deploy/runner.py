@@ -6,6 +6,8 @@ the ROS 2 wheels), from the same launch-argument table, node plan and parameter 
     pirl deploy --bundle b --arm none --config /path/my_robot.yaml # an arm already on ROS (ros2_control)
     pirl deploy --bundle b --start                                 # also start executing the policy at once
     pirl deploy --bundle b --param deploy_node.seed=3              # override a parameter of one node
+
+On a terminal, keys drive the deploy node (operator_keys.py): e or space e-stop, r reset it, s start, x stop.
 """
 
 from __future__ import annotations
@@ -107,22 +109,40 @@ def spin_nodes(classes: list[tuple[str, type]], argv: list[str] | None = None) -
     return 0
 
 
-def run_in_process(plans: list[NodePlan], start: bool, stop: threading.Event | None = None) -> int:
+def operator_keys(plans: list[NodePlan]):
+    """The terminal's keys for the deploy node of the plan (operator_keys.py): (node to spin, keys)."""
+    from rclpy.node import Node
+
+    from pirl_robot.deploy.operator_keys import OperatorKeys
+
+    node = Node("operator_keys")
+    deploy = next(p.name for p in plans if p.executable == "deploy_node")
+    return node, OperatorKeys(node, f"/{deploy}")
+
+
+def run_in_process(plans: list[NodePlan], start: bool, stop: threading.Event | None = None,
+                   keys: bool = False) -> int:
     ensure_ros_env()
     import rclpy
 
     rclpy.init()
-    nodes = []
+    nodes, console = [], None
     try:
         nodes = [make_node(p) for p in plans]
         for n in nodes:
             bring_up(n)
         if start:
             nodes[-1].start_policy()
+        if keys:
+            key_node, console = operator_keys(plans)
+            nodes.append(key_node)
+            console.start()
         spin(nodes, stop)
     except KeyboardInterrupt:
         pass
     finally:
+        if console is not None:
+            console.close()
         shutdown_nodes(nodes)
         rclpy.shutdown()
     return 0
@@ -146,9 +166,18 @@ def _die_with_parent() -> None:
         pass
 
 
-def run_processes(plans: list[NodePlan], log_level: str, start: bool) -> int:
+def run_processes(plans: list[NodePlan], log_level: str, start: bool, keys: bool = False) -> int:
     ensure_ros_env()
     procs: list[subprocess.Popen] = []
+    console = keys_stop = None
+    if keys:  # the keys talk to the deploy node's services from this process
+        import rclpy
+
+        rclpy.init()
+        key_node, console = operator_keys(plans)
+        keys_stop = threading.Event()
+        threading.Thread(target=spin, args=([key_node], keys_stop), daemon=True).start()
+        console.start()
 
     def stop_children(signum=None, frame=None):
         for pr in procs:
@@ -176,6 +205,10 @@ def run_processes(plans: list[NodePlan], log_level: str, start: bool) -> int:
             codes = [pr.returncode for pr in procs]
         finally:
             signal.signal(signal.SIGTERM, previous)
+            if console is not None:
+                console.close()
+                keys_stop.set()
+                rclpy.try_shutdown()
     return max((c for c in codes if c is not None), default=0)
 
 
@@ -206,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--param", action="append", default=[], metavar="NODE.NAME=VALUE",
                     help="Override one node parameter (repeatable).")
     ap.add_argument("--print-plan", action="store_true", help="Print the nodes and parameter files, then exit.")
+    ap.add_argument("--no-keys", action="store_true",
+                    help="Do not read operator keys (e-stop etc.) from the terminal (they are on by default when "
+                         "stdin is a terminal).")
     ns = ap.parse_args(argv)
     plans = plan_nodes({a.name: getattr(ns, a.name) for a in LAUNCH_ARGUMENTS}, ns.config_dir)
     plans = apply_params(plans, ns.param)
@@ -213,9 +249,10 @@ def main(argv: list[str] | None = None) -> int:
         for p in plans:
             print(f"{p.executable:18s} name={p.name} params={p.params_file} overrides={p.overrides}")
         return 0
+    keys = not ns.no_keys and sys.stdin.isatty()
     if ns.processes == "several":
-        return run_processes(plans, ns.log_level, ns.start)
-    return run_in_process(plans, ns.start)
+        return run_processes(plans, ns.log_level, ns.start, keys)
+    return run_in_process(plans, ns.start, keys=keys)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ node warns and /diagnostics says so.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +40,7 @@ class UnfilteredPassThrough:
     def __init__(self, command_map):
         self.command_map = command_map
         self.estopped = False
+        self.lock = threading.RLock()  # the node holds it around step + send, and around estop + send
 
     def step(self, raw, joints, fault, dt) -> SafetyOutcome:
         if fault is not None or raw is None or self.estopped:
@@ -81,6 +83,11 @@ class SupervisedSafety:
         self._resume_wanted = False
         self._events: list[dict] = []
         supervisor.events.subscribe(lambda e: self._events.append(e.to_dict()))  # ticks, e-stops, resets
+
+    @property
+    def lock(self):
+        """The supervisor's (re-entrant) lock: the node holds it around step + send and around estop + send."""
+        return self.sup.lock
 
     def drain_events(self) -> list[dict]:
         out, self._events = self._events, []

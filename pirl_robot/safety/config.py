@@ -182,7 +182,7 @@ class StartConfig:
     """Smooth start: after (re)starting, limits are scaled down until the arm has caught up with the policy."""
 
     velocity_scale: float = 0.25  # applied to velocity, acceleration and jerk limits while starting
-    tolerance: float = 0.02       # caught up when every entry is this close to the (clamped) policy command
+    tolerance: float = 0.02       # caught up when every arm joint is this close to the (clamped) policy command
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str = "start") -> "StartConfig":

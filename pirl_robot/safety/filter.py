@@ -31,9 +31,11 @@ from pirl_robot.safety import limiter
 from pirl_robot.safety.config import SafetyConfig
 from pirl_robot.safety.events import EventBus, SafetyEvent, as_vector
 from pirl_robot.safety.kinematics import EndEffectorFK
+from pirl_robot.safety.workspace import WorkspaceCheck
 
 START_SLACK = 0.01  # a start from a reading this far past a hard limit (x range width) begins at the limit
-WORKSPACE_SCALES = ((1.0,), (0.5, 0.25))  # candidates tried in turn (fraction of the way from braking to the command)
+LOOK_AHEAD = np.array([3.0, 6.0, 10.0, 15.0, 20.0])  # ticks ahead at this velocity: anchors for the box check
+WORKSPACE_SCALES = (1.0, 0.5, 0.25)  # candidates tried in turn (fraction of the way from braking to the command)
 
 
 class Mode(StrEnum):
@@ -88,10 +90,10 @@ class SafetyFilter:
         self.reject_lo, self.reject_hi = self.hard_lo - band, self.hard_hi + band
         self.start_slack = START_SLACK * width
         ws = cfg.workspace
-        self.box = (np.array(ws.min), np.array(ws.max)) if ws else None
         if ws and fk is None:
             fk = EndEffectorFK(ws.urdf, ws.ee_link, [j.urdf_joint for j in cfg.joints])
         self.fk = fk if ws else None
+        self.workspace = WorkspaceCheck(fk, ws.min, ws.max) if ws else None  # FK calls only where needed
         self.mode, self.mode_since = Mode.IDLE, clock()
         self._q: np.ndarray | None = None        # last applied command
         self._v = np.zeros(self.n)               # its velocity (per tick / T)
@@ -254,7 +256,9 @@ class SafetyFilter:
             v = self._fit_workspace(v)
         self._advance(v)
         if starting:
-            if (np.abs(self._q - target) <= self.cfg.start.tolerance).all():
+            # arm joints only: the gripper's ramp need not end for the arm to leave the start (the gripper stays
+            # inside its own range, speed and step limits all along)
+            if (np.abs(self._q - target)[: self.n_arm] <= self.cfg.start.tolerance).all():
                 self._set_mode(Mode.RUNNING, "start_done", "caught up with the policy")
             return
         for name, mask in binding.items():
@@ -264,22 +268,27 @@ class SafetyFilter:
     def _fit_workspace(self, v: np.ndarray) -> np.ndarray:
         """The command if it and its full braking stop keep the end effector in the box, else a scaled-back one,
         else braking (which follows the stop checked on the previous tick, so it is always inside)."""
+        plan = limiter.braking_plan(self._q + v * self.period, v, self.amax, self.period)
+        if self.workspace.proven_inside(plan[:, : self.n_arm]).all():
+            return v  # the common case: far enough inside, no FK call
+        # at most one FK call per tick: every candidate's stop at once, plus where the arm is heading
         v_brake = limiter.braking_velocity(self._v, self.amax, self.period)
-        for scales in WORKSPACE_SCALES:  # one batched FK call per group
-            cands = [v_brake + s * (v - v_brake) for s in scales]
-            plans = [limiter.braking_plan(self._q + c * self.period, c, self.amax, self.period) for c in cands]
-            inside = np.split(self._in_box(np.concatenate(plans)), np.cumsum([len(p) for p in plans])[:-1])
-            for s, c, ok in zip(scales, cands, inside):
-                if ok.all():
-                    if s < 1.0:
-                        self._pending.append(("workspace", f"scaled back to {s:g} of the step"))
-                    return c
+        cands = [v] + [v_brake + s * (v - v_brake) for s in WORKSPACE_SCALES[1:]]
+        plans = [plan] + [limiter.braking_plan(self._q + c * self.period, c, self.amax, self.period)
+                          for c in cands[1:]]
+        ahead = self._q[None, : self.n_arm] + LOOK_AHEAD[:, None] * self.period * v[None, : self.n_arm]
+        inside = np.split(self.workspace.inside(np.concatenate(plans)[:, : self.n_arm], ahead),
+                          np.cumsum([len(p) for p in plans])[:-1])
+        for s, c, ok in zip(WORKSPACE_SCALES, cands, inside):
+            if ok.all():
+                if s < 1.0:
+                    self._pending.append(("workspace", f"scaled back to {s:g} of the step"))
+                return c
         self._pending.append(("workspace", "braking: the command would leave the workspace box"))
         return v_brake
 
     def _in_box(self, q: np.ndarray) -> np.ndarray:
-        p = self.fk.positions(q[:, : self.n_arm])
-        return ((p >= self.box[0]) & (p <= self.box[1])).all(axis=1)
+        return self.workspace.inside(q[:, : self.n_arm])
 
     def _advance(self, v: np.ndarray) -> None:
         q = np.clip(self._q + v * self.period, self.hard_lo, self.hard_hi)  # guard against rounding only

@@ -1,7 +1,8 @@
 """End-effector positions from the robot's URDF (pytorch_kinematics), for the workspace box check.
 
 The chain is parsed once and kept; a call is one batched forward pass in float64 (about 0.5 ms on one core for
-a few dozen configurations, mostly fixed torch overhead), so the filter checks all of a tick's candidates at once.
+a few dozen configurations, mostly fixed torch overhead), so the filter checks all of a tick's candidates at once
+and skips the call when a reach bound proves them inside (workspace.py).
 """
 
 from __future__ import annotations
@@ -53,6 +54,38 @@ class EndEffectorFK:
         # column of each chain joint in the caller's joint vector
         self.columns = np.array([list(joint_names).index(j) for j in chain_joints])
         self.ee_link = ee_link
+        self.reach = self._reach(len(joint_names))
+
+    def _reach(self, n: int) -> np.ndarray | None:
+        """Per joint (caller's order): a bound on how far the end effector moves per radian of that joint alone.
+
+        Read from the chain pytorch_kinematics parsed: a revolute joint turns about an axis through its frame's
+        origin, so the end effector moves at most |z x (p - o)| <= |p - o| per radian, and |p - o| is at most the
+        sum of the lengths of the origin offsets of the frames after the joint (rotations keep lengths). Summed
+        over joints this bounds |p(q) - p(q')| <= sum_i reach_i |q_i - q'_i| for any two configurations.
+        None (no bound, always FK) when a prismatic joint moves the end effector or an offset is not rigid."""
+        from pytorch_kinematics.frame import Joint
+
+        ch = self.chain
+        path = ch.parents_indices[ch.frame_to_idx[self.ee_link]].tolist()  # root ... ee_link, in FK order
+        lengths = []
+        for k in path:
+            length = 0.0
+            for off in (ch.link_offsets[k], ch.joint_offsets[k]):
+                if off is not None:
+                    rot = off[0, :3, :3].numpy()
+                    if not np.allclose(rot.T @ rot, np.eye(3), atol=1e-6):
+                        return None
+                    length += float(np.linalg.norm(off[0, :3, 3].numpy()))
+            lengths.append(length)
+        reach = np.zeros(n)
+        for pos, k in enumerate(path):
+            kind = Joint.TYPES[int(ch.joint_type_indices[k])]
+            if kind == "prismatic":
+                return None
+            if kind == "revolute":
+                reach[self.columns[int(ch.joint_indices[k])]] = sum(lengths[pos + 1:])
+        return reach
 
     @torch.inference_mode()
     def positions(self, q: np.ndarray) -> np.ndarray:
