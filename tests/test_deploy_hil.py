@@ -140,8 +140,9 @@ def test_pirl_deploy_one_process_with_start(tmp_path):
     client = HilClient(node)
     stop = spin_in_thread([node], ctx)
     try:
-        client.wait(lambda: client.status is not None and client.status["step"] >= 10, 90, "10 commanded steps")
-        assert client.status["commands"] >= 5  # commands reached the arm (timing: bench/bench_deploy.py)
+        # The arm has received and executed the deploy node's commands (rates are for bench/bench_deploy.py).
+        client.wait(lambda: client.status is not None and client.status["commands"] >= 10, 90, "10 commands")
+        assert client.status["step"] >= 1
     finally:
         stop()
         proc.terminate()
