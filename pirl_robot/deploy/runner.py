@@ -89,6 +89,7 @@ def spin_nodes(classes: list[tuple[str, type]], argv: list[str] | None = None) -
     """Console-script main for one or more node classes (parameters from --ros-args as usual)."""
     ensure_ros_env()
     import rclpy
+    from rclpy.executors import ExternalShutdownException
 
     rclpy.init(args=sys.argv if argv is None else ["node", *argv])
     nodes = []
@@ -97,7 +98,7 @@ def spin_nodes(classes: list[tuple[str, type]], argv: list[str] | None = None) -
         for n in nodes:
             bring_up(n)
         spin(nodes)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, ExternalShutdownException):  # Ctrl-C, or SIGTERM through rclpy's signal handler
         pass
     except (ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -124,6 +125,7 @@ def run_in_process(plans: list[NodePlan], start: bool, stop: threading.Event | N
                    keys: bool = False) -> int:
     ensure_ros_env()
     import rclpy
+    from rclpy.executors import ExternalShutdownException
 
     rclpy.init()
     nodes, console = [], None
@@ -138,13 +140,14 @@ def run_in_process(plans: list[NodePlan], start: bool, stop: threading.Event | N
             nodes.append(key_node)
             console.start()
         spin(nodes, stop)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, ExternalShutdownException):  # Ctrl-C, or SIGTERM through rclpy's signal handler
         pass
     finally:
         if console is not None:
             console.close()
         shutdown_nodes(nodes)
-        rclpy.shutdown()
+        if rclpy.ok():
+            rclpy.shutdown()
     return 0
 
 
