@@ -19,6 +19,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "eval": ("pirl_robot.evaluate", "success rates of a checkpoint or bundle per task and suite (LIBERO, ManiSkill)"),
     "export": ("pirl_robot.bundle.cli", "export a checkpoint as a deploy bundle (checksummed, no pickle)"),
     "deploy": ("pirl_robot.deploy.runner", "run the deploy node and drivers (what deploy.launch.py starts)"),
+    "replay": ("pirl_robot.replay.cli", "view a recorded episode (Rerun), re-run it offline, re-execute it on an arm"),
+    "report": ("pirl_robot.report.cli", "success rates (Wilson CI), interventions, latencies of recorded episodes"),
 }
 
 

@@ -4,6 +4,7 @@
     pirl eval PATH env=libero_object 'env.libero.task_ids=[0,1,2,3,4,5,6,7,8,9]'  # a whole suite
     pirl eval bundles/pick env=maniskill_pickcube episodes=100 num_envs=8        # a bundle, a ManiSkill task
     pirl eval PATH env=libero_object video.dir=outputs/eval/videos video.episodes=2
+    pirl eval PATH env=maniskill_pushcube rerun.dir=outputs/eval/rrd rerun.episodes=2  # Rerun, as the robot's view
     pirl eval --cfg                                                              # print the config
 
 PATH (or checkpoint=PATH) is a checkpoint directory (policy.json) or an exported bundle (manifest.json).
@@ -182,9 +183,14 @@ def run(cfg: DictConfig) -> dict:
     torch.manual_seed(cfg.noise_seed)
     policy = load_any(cfg.checkpoint)
     out = Path(cfg.output_dir)
+    observers = []
+    if cfg.get("rerun") and cfg.rerun.get("dir"):  # the deploy view's Rerun layout, one .rrd per episode
+        from pirl_robot.record.sim_eval import RerunEvalObserver
+
+        observers.append(RerunEvalObserver(cfg.rerun.dir, policy.spec, cfg.rerun.get("episodes")))
     results = evaluate_policy(policy, cfg.env, cfg.episodes, seed_base=cfg.seed_base, num_envs=cfg.num_envs,
                               noise_seed=cfg.noise_seed, video=OmegaConf.to_container(cfg.video, resolve=True),
-                              log=print if cfg.progress else (lambda *a: None))
+                              observers=observers, log=print if cfg.progress else (lambda *a: None))
     results["checkpoint"] = str(cfg.checkpoint)
     results["config"] = OmegaConf.to_container(cfg, resolve=True)
     out.mkdir(parents=True, exist_ok=True)

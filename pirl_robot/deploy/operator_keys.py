@@ -2,6 +2,7 @@
 
     e or space   e-stop: latches, cancels the active command at once     r   reset the e-stop
     s            start executing the policy                               x   stop (brakes within limits)
+    y / n        the episode succeeded / failed (recorded: ~/episode_outcome, docs/record_replay.md)
     h            this help                                                Ctrl-C quits
 
 Keys go to the deploy node's own services (~/estop, ~/reset_estop, ~/start, ~/stop), the ones any operator panel
@@ -19,7 +20,8 @@ import threading
 import time
 
 KEYS = {"e": "estop", " ": "estop", "r": "reset_estop", "s": "start", "x": "stop"}
-HELP = "keys: e/space e-stop | r reset e-stop | s start | x stop | h help | Ctrl-C quit"
+OUTCOME_KEYS = {"y": True, "n": False}  # std_srvs/SetBool on ~/episode_outcome (the recorder, record/ros.py)
+HELP = "keys: e/space e-stop | r reset e-stop | s start | x stop | y/n episode success/failure | h help | Ctrl-C quit"
 
 
 class OperatorKeys:
@@ -31,6 +33,9 @@ class OperatorKeys:
         self.fd = sys.stdin.fileno() if fd is None else fd
         self.out = out or sys.stderr
         self.clients = {s: node.create_client(Trigger, f"{deploy_node}/{s}") for s in set(KEYS.values())}
+        from std_srvs.srv import SetBool
+
+        self.clients["episode_outcome"] = node.create_client(SetBool, f"{deploy_node}/episode_outcome")
         self._stop = threading.Event()
         self._saved = None
         self._thread: threading.Thread | None = None
@@ -73,19 +78,19 @@ class OperatorKeys:
         if key in ("h", "?"):
             self.say(HELP)
             return
-        service = KEYS.get(key)
+        service = KEYS.get(key) or ("episode_outcome" if key in OUTCOME_KEYS else None)
         if service is None:
             return
-        ok, message = self.call(service)
+        ok, message = self.call(service, OUTCOME_KEYS.get(key))
         self.say(f"{service}: {message}" if ok else f"{service} FAILED: {message}")
 
-    def call(self, service: str) -> tuple[bool, str]:
-        from std_srvs.srv import Trigger
+    def call(self, service: str, data: bool | None = None) -> tuple[bool, str]:
+        from std_srvs.srv import SetBool, Trigger
 
         client = self.clients[service]
         if not client.service_is_ready() and not client.wait_for_service(timeout_sec=1.0):
-            return False, f"{client.srv_name} is not available (is the deploy node running?)"
-        future = client.call_async(Trigger.Request())
+            return False, f"{client.srv_name} is not available (is the deploy node running, recording?)"
+        future = client.call_async(Trigger.Request() if data is None else SetBool.Request(data=data))
         deadline = time.monotonic() + self.timeout_s
         while not future.done():
             if time.monotonic() > deadline:
