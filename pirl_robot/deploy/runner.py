@@ -75,7 +75,12 @@ def spin(nodes: list, stop: threading.Event | None = None) -> None:
         executor.add_node(n)
     try:
         while rclpy.ok() and not (stop and stop.is_set()):
-            executor.spin_once(timeout_sec=0.1)
+            try:
+                executor.spin_once(timeout_sec=0.1)
+            except Exception:
+                if rclpy.ok():
+                    raise
+                break  # SIGTERM/SIGINT: rclpy's signal handler shut the context down under the executor
     finally:
         executor.shutdown()
 
