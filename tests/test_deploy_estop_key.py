@@ -25,7 +25,8 @@ from pirl_robot.bundle import export_bundle
 from pirl_robot.transforms import PolicyTransforms, Stats
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.sim
+# Real-time over a pty and DDS: flaky on a starved CPU, so it runs with -m slow on an idle machine.
+pytestmark = [pytest.mark.slow, pytest.mark.sim]
 
 
 def gentle_bundle(tmp: Path) -> Path:
@@ -128,7 +129,11 @@ def test_estop_key_latches_and_r_resets(tmp_path):
         term.wait_text("estop: e-stop latched")
         wait(lambda: any(e["cause"] == "estop" for t, e in events if t > t_press), "the e-stop event")
         time.sleep(0.5)
-        frozen = since(t_press + 0.05)  # a command already in flight at the press may still land
+        # From the e-stop event on, every command is the hold (the node applies the e-stop and publishes the
+        # event under the lock that also guards step + send). The key press is no anchor: on a busy machine the
+        # service call takes longer than a tick. 50 ms covers a command already in flight on the other topic.
+        t_event = min(t for t, e in events if t > t_press and e["cause"] == "estop")
+        frozen = since(t_event + 0.05)
         assert frozen and all(np.array_equal(c, frozen[0]) for c in frozen), "commands changed after the e-stop"
 
         term.press("s")  # latched: start is refused
