@@ -100,6 +100,7 @@ def check_every_step_commanded(report):
     assert int(d["chunks"]) >= report["episodes"] * 50 // 8
 
 
+@pytest.mark.slow  # real-time over DDS (the arm's own clock): flaky on a starved CI CPU; run with -m slow
 def test_hil_short(tmp_path):
     report = run_hil(tmp_path, demos=50, steps=1500, episodes=4)
     check_every_step_commanded(report)
