@@ -65,7 +65,8 @@ def make_bundle(tmp: Path) -> Path:
     return export_bundle(tmp / "ckpt", tmp / "bundle")
 
 
-def start_node(tmp: Path, bundle: Path, domain: int, tick_source: str, safety: str) -> subprocess.Popen:
+def start_node(tmp: Path, bundle: Path, domain: int, tick_source: str, safety: str,
+               lock: bool, executor: str) -> subprocess.Popen:
     from pirl_robot.deploy.plan import NodePlan
     from pirl_robot.deploy.runner import node_command
 
@@ -73,7 +74,7 @@ def start_node(tmp: Path, bundle: Path, domain: int, tick_source: str, safety: s
               "action_names": ACTIONS, "action_state_index": list(range(7)) + [-1], "command_topic": "/bench/cmd",
               "command_names": JOINTS[:8], "command_scale": [1.0] * 7 + [0.025], "command_offset": [0.0] * 7 + [0.015],
               "tick_source": tick_source, "lead_ticks": 2, "autostart": True, "seed": 0,
-              "diagnostics_period_s": 0.5, "safety_config": safety}
+              "diagnostics_period_s": 0.5, "safety_config": safety, "lock_memory": lock, "executor": executor}
     f = tmp / f"{tick_source}_{Path(safety).stem}.yaml"
     f.write_text(yaml.safe_dump({"deploy_node": {"ros__parameters": params}}))
     env = {**os.environ, "ROS_DOMAIN_ID": str(domain), "RMW_IMPLEMENTATION": "rmw_fastrtps_cpp",
@@ -81,7 +82,7 @@ def start_node(tmp: Path, bundle: Path, domain: int, tick_source: str, safety: s
     return subprocess.Popen(node_command(NodePlan("deploy_node", "deploy_node", str(f)), str(f), "warn"), env=env)
 
 
-def run_phase(ctx, seconds: float) -> dict:
+def run_phase(ctx, seconds: float, warmup: float) -> dict:
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.node import Node
@@ -90,8 +91,11 @@ def run_phase(ctx, seconds: float) -> dict:
 
     from pirl_robot.drivers.ros_msgs import qos
 
+    from std_srvs.srv import Trigger
+
     node = Node("bench_arm", context=ctx)
-    t_end = time.monotonic() + seconds
+    reset_stats = node.create_client(Trigger, "/deploy_node/reset_stats")
+    t_end = float("inf")  # set once commands flow and warm-up is over
     pub = node.create_publisher(JointState, "/joint_states", qos("sensor", 5))
     last_pub = [None]
     recv, latency, diag = [], [], {}
@@ -116,16 +120,24 @@ def run_phase(ctx, seconds: float) -> dict:
     spinner.start()
     msg = JointState(name=JOINTS, position=list(HOME), velocity=[0.0] * len(JOINTS))
     next_t = time.monotonic()
-    warm = 0
+    first_cmd = None
+    deadline = time.monotonic() + 60.0
     while time.monotonic() < t_end:
         next_t += 1.0 / HZ
         time.sleep(max(0.0, next_t - time.monotonic()))
         msg.header.stamp = node.get_clock().now().to_msg()
         last_pub[0] = time.monotonic()
         pub.publish(msg)
-        if not recv:
-            warm += 1  # discovery and the first chunk: not measured
+        if first_cmd is None and recv:
+            first_cmd = time.monotonic()
+        if t_end == float("inf"):  # start-up, discovery, first chunks and lazy first calls: not measured
+            if first_cmd is None and time.monotonic() > deadline:
+                raise SystemExit("no command from the deploy node within 60 s (see its log)")
+            if first_cmd is not None and time.monotonic() - first_cmd >= warmup:
+                reset_stats.call_async(Trigger.Request())
+                t_end = time.monotonic() + seconds
             latency.clear()
+            recv.clear()
     time.sleep(1.2)  # one more diagnostics message
     stop.set()
     spinner.join(timeout=2)
@@ -143,8 +155,18 @@ def pct(x: np.ndarray, scale: float = 1e3) -> tuple[float, float, float]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--warmup", type=float, default=3.0, help="seconds of commands before measuring (the node's "
+                    "statistics are reset then)")
     ap.add_argument("--domain", type=int, default=150 + os.getpid() % 50)
+    ap.add_argument("--executor", choices=("events", "multi_threaded"), default="events",
+                    help="the deploy node's executor parameter")
+    ap.add_argument("--no-lock-memory", action="store_true", help="run the node (and this stand-in arm) without "
+                    "mlockall, to see what page faults under background memory reclaim cost")
     args = ap.parse_args()
+    if not args.no_lock_memory:  # the stand-in arm is a driver process: same real-time hygiene as the node
+        from pirl_robot.deploy.realtime import lock_memory
+
+        print(f"lock_memory: {lock_memory() or 'ok'}")
     os.environ["RMW_IMPLEMENTATION"] = "rmw_fastrtps_cpp"
     import rclpy
 
@@ -154,12 +176,12 @@ def main() -> int:
         bundle = make_bundle(tmp)
         for phase, safety in (("joint_states", "unfiltered"), ("joint_states", "configs/robot/panda.yaml"),
                               ("timer", "configs/robot/panda.yaml")):
-            proc = start_node(tmp, bundle, args.domain, phase, safety)
+            proc = start_node(tmp, bundle, args.domain, phase, safety, not args.no_lock_memory, args.executor)
             ctx = rclpy.Context()
             rclpy.init(context=ctx, domain_id=args.domain)
             try:
                 time.sleep(3.0)  # node start-up (imports, bundle load)
-                r = run_phase(ctx, args.seconds)
+                r = run_phase(ctx, args.seconds, args.warmup)
             finally:
                 ctx.try_shutdown()
                 proc.terminate()

@@ -69,9 +69,9 @@ def spin_in_thread(nodes, ctx):
     """Spin `nodes` on a background executor; returns a stop() function that also shuts the context down."""
     import threading
 
-    from rclpy.executors import MultiThreadedExecutor
+    from pirl_robot.deploy.runner import make_executor
 
-    ex = MultiThreadedExecutor(num_threads=4, context=ctx)
+    ex = make_executor(nodes, context=ctx)  # as `pirl deploy` spins them (the nodes' executor parameter)
     for n in nodes:
         ex.add_node(n)
     stop = threading.Event()

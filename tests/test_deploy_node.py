@@ -117,7 +117,8 @@ def test_node_commands_from_plain_ros_inputs(bundle, domain, third_party_driver,
     assert np.isfinite(diag["overhead_p50_ms"]) and np.isfinite(diag["inference_p50_ms"])
 
 
-def test_start_stop_services_and_lifecycle_over_ros(bundle, domain, third_party_driver):
+@pytest.mark.parametrize("executor", ["multi_threaded", "events"])
+def test_start_stop_services_and_lifecycle_over_ros(bundle, domain, third_party_driver, executor):
     from lifecycle_msgs.msg import Transition
     from lifecycle_msgs.srv import ChangeState, GetState
     from rclpy.node import Node
@@ -127,7 +128,7 @@ def test_start_stop_services_and_lifecycle_over_ros(bundle, domain, third_party_
     from rclpy.parameter import Parameter
 
     ctx = ros_context(domain)
-    deploy = make_deploy_node(ctx, node_params(bundle, control_hz=30.0), name="lc_deploy")
+    deploy = make_deploy_node(ctx, node_params(bundle, control_hz=30.0, executor=executor), name="lc_deploy")
     client = Node("operator", context=ctx)
     cmds = []
     client.create_subscription(JointTrajectory, "/jtc/joint_trajectory", lambda m: cmds.append(time.monotonic()), 10)

@@ -59,6 +59,14 @@ def test_the_reach_bound_holds_and_is_not_vacuous(cfg, fk, pin):
         assert 0.5 < ratio <= 1.0 + 1e-6, (j, ratio)
 
 
+def test_numpy_fk_matches_pytorch_kinematics_and_pinocchio(cfg, fk, pin):
+    """The tick's numpy forward pass equals pytorch_kinematics' own and SAPIEN's Pinocchio on random arms."""
+    q = random_arm(np.random.default_rng(1), cfg, 200)
+    ours = fk.positions(q)
+    np.testing.assert_allclose(ours, fk.positions_reference(q), atol=1e-12)
+    np.testing.assert_allclose(ours[:20], np.stack([pin(x) for x in q[:20]]), atol=1e-6)
+
+
 def test_a_check_with_the_bound_answers_like_fk(cfg, fk, pin):
     rng = np.random.default_rng(1)
     check = WorkspaceCheck(fk, cfg.workspace.min, cfg.workspace.max)

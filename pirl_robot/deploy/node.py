@@ -14,6 +14,7 @@ deploy/safety_hook.py. Control ticks come from a timer thread or from each joint
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from typing import Any, Callable
@@ -32,6 +33,7 @@ from pirl_robot.drivers.arms.base import ArmError, JointSample
 from pirl_robot.drivers.cameras.base import CameraError
 
 INPUT_ERRORS = (StaleInputError, ArmError, CameraError)
+GIL_SWITCH_INTERVAL_S = 0.0005
 MOVING_MODES = ("starting", "running", "hold", "stopping")  # safety filter modes that still stream commands
 
 
@@ -45,7 +47,7 @@ class DeployNode(LifecycleNode):
         # Reentrant: ~/stop waits for the controlled stop while joint-state callbacks keep the loop ticking.
         group = ReentrantCallbackGroup()
         for name, cb in (("start", self._srv_start), ("stop", self._srv_stop), ("estop", self._srv_estop),
-                         ("reset_estop", self._srv_reset_estop)):
+                         ("reset_estop", self._srv_reset_estop), ("reset_stats", self._srv_reset_stats)):
             self.create_service(Trigger, f"~/{name}", cb, callback_group=group)
         self.bundle = None
         self.arm = None
@@ -59,6 +61,8 @@ class DeployNode(LifecycleNode):
         self.tick = 0
         self.episode = 0
         self.taps: list[Callable[[str, dict], None]] = []  # recorder / viewer hooks: fn(kind, record)
+        self.safety_mode = ""
+        self.blocking_callbacks_allowed = True  # the runner clears it when it spins us on a one-thread executor
         self._reset_stats()
         self._declare_parameters()  # last: raises on a bad value, and close() must work on what exists
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -106,6 +110,18 @@ class DeployNode(LifecycleNode):
         from pirl_robot.bundle import BundleError, open_bundle
 
         p = self.values
+        import torch
+
+        from pirl_robot.deploy.realtime import lock_memory, policy_threads
+
+        torch.set_num_threads(policy_threads(p["torch_threads"]))
+        # The executor, the inference thread and the control loop share one GIL; CPython's default 5 ms switch
+        # interval lets a busy thread hold it for several ticks' worth of overhead budget.
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+        if p["lock_memory"]:
+            reason = lock_memory()
+            if reason:
+                self.get_logger().warning(f"lock_memory: {reason}; control ticks may stall on page faults")
         try:
             if not p["bundle"]:
                 raise ValueError("parameter 'bundle' is empty: give the path of an exported bundle")
@@ -271,7 +287,15 @@ class DeployNode(LifecycleNode):
         return response
 
     def _srv_stop(self, request, response):
-        response.message, response.success = self.stop_policy(wait_s=3.0), True
+        # Under a single-threaded executor waiting here would starve the joint-state callbacks the stop needs.
+        wait_s = 3.0 if self.blocking_callbacks_allowed else 0.0
+        response.message, response.success = self.stop_policy(wait_s=wait_s), True
+        return response
+
+    def _srv_reset_stats(self, request, response):
+        """Start the timing statistics afresh (e.g. after warm-up, so start-up ticks do not set the tails)."""
+        self._reset_stats()
+        response.message, response.success = "timing statistics reset", True
         return response
 
     # --- inputs ---------------------------------------------------------------------------------------------
@@ -416,7 +440,6 @@ class DeployNode(LifecycleNode):
                                       "inference": Rolling(), "ticks": 0, "chunks": 0, "stale": 0, "stale_executing": 0,
                                       "underruns": 0}
         self._last_tick_time = None
-        self.safety_mode = ""
 
     def diagnostics(self) -> dict[str, Any]:
         s = self.stats

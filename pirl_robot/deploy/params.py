@@ -121,6 +121,13 @@ PARAMS: tuple[Param, ...] = (
     Param("activate_on_start", "bool", True, "Configure and activate right after start (else wait for lifecycle "
           "transitions from a manager)."),
     Param("autostart", "bool", False, "Start executing the policy as soon as the node is active."),
+    Param("executor", "str", "multi_threaded", "rclpy executor of the node's process: 'multi_threaded' (~/stop "
+          "answers once the arm is at rest) or 'events' (rclpy's C++ EventsExecutor: far less executor overhead and "
+          "tail latency; ~/stop answers as the controlled stop begins).", _one_of(("multi_threaded", "events"))),
+    Param("torch_threads", "int", 0, "Intra-op threads of the policy forward; 0: all cores but one, so the control "
+          "loop and DDS keep a core (an oversubscribed OpenMP pool stalls ticks for 100s of ms).", _non_negative),
+    Param("lock_memory", "bool", True, "mlockall the node's pages on configure so background memory reclaim cannot "
+          "turn a control tick into a page fault (real-time practice; a failure is a warning)."),
     Param("diagnostics_period_s", "float", 1.0, "Period of /diagnostics messages (s).", _positive),
     # --- recording and Rerun (pirl_robot/record, docs/record_replay.md) -----------------------------------------
     Param("record_dir", "str", "", "Record every episode under this directory (one LeRobotDataset per episode, "

@@ -66,11 +66,24 @@ def bring_up(node) -> None:
             raise RuntimeError(f"{node.get_name()}: activate failed")
 
 
-def spin(nodes: list, stop: threading.Event | None = None) -> None:
-    import rclpy
+def make_executor(nodes: list, context=None):
+    """The executor the nodes' `executor` parameter asks for (deploy/params.py): rclpy's C++ EventsExecutor when
+    any node wants 'events', else a MultiThreadedExecutor."""
     from rclpy.executors import MultiThreadedExecutor
 
-    executor = MultiThreadedExecutor(num_threads=max(2, 2 * len(nodes)))
+    if any(getattr(n, "values", {}).get("executor") == "events" for n in nodes):
+        from rclpy.experimental import EventsExecutor
+
+        for n in nodes:  # one thread: callbacks must not block (the deploy node's ~/stop then does not wait)
+            n.blocking_callbacks_allowed = False
+        return EventsExecutor(context=context)
+    return MultiThreadedExecutor(num_threads=max(2, 2 * len(nodes)), context=context)
+
+
+def spin(nodes: list, stop: threading.Event | None = None) -> None:
+    import rclpy
+
+    executor = make_executor(nodes)
     for n in nodes:
         executor.add_node(n)
     try:

@@ -1,7 +1,8 @@
-"""End-effector positions from the robot's URDF (pytorch_kinematics), for the workspace box check.
+"""End-effector positions from the robot's URDF, for the workspace box check.
 
-The chain is parsed once and kept; a call is one batched forward pass in float64 (about 0.5 ms on one core for
-a few dozen configurations, mostly fixed torch overhead), so the filter checks all of a tick's candidates at once
+pytorch_kinematics parses the URDF once; its chain is then flattened into a list of fixed 4x4 offsets and joint
+axes evaluated with numpy (float64). The control tick calls this: torch's per-op overhead made the same batched
+forward pass about 0.5 ms, numpy's is a fraction of that. The filter checks all of a tick's candidates at once
 and skips the call when a reach bound proves them inside (workspace.py).
 """
 
@@ -55,6 +56,7 @@ class EndEffectorFK:
         self.columns = np.array([list(joint_names).index(j) for j in chain_joints])
         self.ee_link = ee_link
         self.reach = self._reach(len(joint_names))
+        self._steps = self._flatten()
 
     def _reach(self, n: int) -> np.ndarray | None:
         """Per joint (caller's order): a bound on how far the end effector moves per radian of that joint alone.
@@ -87,8 +89,51 @@ class EndEffectorFK:
                 reach[self.columns[int(ch.joint_indices[k])]] = sum(lengths[pos + 1:])
         return reach
 
-    @torch.inference_mode()
+    def _flatten(self) -> list[tuple[np.ndarray, int, np.ndarray | None, str]]:
+        """The chain root -> ee_link as (fixed offset, column in the caller's vector, unit axis, joint type) in
+        pytorch_kinematics' composition order: T <- T @ link_offset @ joint_offset @ joint_motion(q)."""
+        from pytorch_kinematics.frame import Joint
+
+        ch = self.chain
+        steps = []
+        for k in ch.parents_indices[ch.frame_to_idx[self.ee_link]].tolist():
+            offset = np.eye(4)
+            for off in (ch.link_offsets[k], ch.joint_offsets[k]):
+                if off is not None:
+                    offset = offset @ off[0].numpy()
+            kind = Joint.TYPES[int(ch.joint_type_indices[k])]
+            axis = ch.axes[int(ch.joint_indices[k])].numpy().astype(np.float64) if kind != "fixed" else None
+            col = int(self.columns[int(ch.joint_indices[k])]) if kind != "fixed" else -1
+            steps.append((offset, col, None if axis is None else axis / np.linalg.norm(axis), kind))
+        return steps
+
     def positions(self, q: np.ndarray) -> np.ndarray:
         """(B, n_joints) joint vectors in the config's order -> (B, 3) end-effector positions."""
+        q = np.asarray(q, dtype=np.float64)
+        t = np.broadcast_to(np.eye(4), (q.shape[0], 4, 4))
+        for offset, col, axis, kind in self._steps:
+            t = t @ offset
+            if kind == "revolute":
+                t = t @ _rotation(axis, q[:, col])
+            elif kind == "prismatic":
+                motion = np.broadcast_to(np.eye(4), t.shape).copy()
+                motion[:, :3, 3] = axis * q[:, col, None]
+                t = t @ motion
+        return np.ascontiguousarray(t[:, :3, 3])
+
+    @torch.inference_mode()
+    def positions_reference(self, q: np.ndarray) -> np.ndarray:
+        """The same through pytorch_kinematics' own forward pass (the tests compare the two)."""
         th = torch.from_numpy(np.ascontiguousarray(q[:, self.columns], dtype=np.float64))
         return self.chain.forward_kinematics(th).get_matrix()[:, :3, 3].numpy()
+
+
+def _rotation(axis: np.ndarray, angle: np.ndarray) -> np.ndarray:
+    """(B, 4, 4) homogeneous rotations about one unit axis by B angles (Rodrigues)."""
+    x, y, z = axis
+    k = np.array([[0.0, -z, y], [z, 0.0, -x], [-y, x, 0.0]])
+    s, c = np.sin(angle)[:, None, None], np.cos(angle)[:, None, None]
+    out = np.zeros((angle.shape[0], 4, 4))
+    out[:, :3, :3] = np.eye(3) + s * k + (1.0 - c) * (k @ k)
+    out[:, 3, 3] = 1.0
+    return out

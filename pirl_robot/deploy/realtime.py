@@ -1,0 +1,42 @@
+"""Real-time hygiene for the control process.
+
+Page faults are the largest latency source of a Python control loop on a machine that reclaims memory in the
+background (a kernel doing proactive reclaim, e.g. DAMON, evicts the interpreter's and torch's code pages; the
+next tick that touches them waits on the disk). ros2_control and the ROS 2 real-time guides lock memory with
+mlockall for this reason. MCL_ONFAULT locks pages as they are first touched instead of populating every mapping
+up front, so torch's large virtual reservations cost nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+
+MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT = 1, 2, 4
+
+
+def lock_memory() -> str | None:
+    """Keep this process's pages resident. Returns None on success, else the reason it could not (the caller
+    warns and runs on: a locked process is better, an unlocked one still works)."""
+    if not hasattr(os, "sched_getaffinity"):  # not Linux
+        return "memory locking is only implemented on Linux"
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    if libc.mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT) != 0:
+        err = ctypes.get_errno()
+        hint = " (raise RLIMIT_MEMLOCK, e.g. `ulimit -l unlimited`, or grant CAP_IPC_LOCK)" if err in (1, 12) else ""
+        return f"mlockall failed: {os.strerror(err)}{hint}"
+    return None
+
+
+def policy_threads(requested: int) -> int:
+    """Intra-op threads for the policy forward: `requested`, or all cores this process may use but one."""
+    if requested > 0:
+        return requested
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores - 1)
+
+
+def unlock_memory() -> None:
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc.munlockall()
