@@ -104,6 +104,20 @@ def test_mixed_mode_has_exactly_one_stochastic_step_per_chunk():
     assert not chain.stochastic[:, -1].any()
 
 
+def test_mixed_min_step_restricts_the_sde_step_and_bad_values_are_refused():
+    model = _tiny_mlp()
+    ctx = model.encode({"state": torch.randn(200, 5)})
+    chain = sample_chain(model, ctx, ChainConfig(num_steps=4, mode="mixed", mixed_min_step=2),
+                         generator=torch.Generator().manual_seed(0))
+    assert (chain.stochastic.sum(-1) == 1).all() and not chain.stochastic[:, :2].any()
+    assert chain.stochastic[:, 2].any() and chain.stochastic[:, 3].any()  # both allowed steps drawn
+    last = sample_chain(model, ctx, ChainConfig(num_steps=4, mode="mixed", mixed_min_step=3))
+    assert last.stochastic[:, 3].all()
+    for bad in (dict(mixed_min_step=4), dict(mixed_min_step=3, mixed_exclude_last=True), dict(mixed_min_step=-1)):
+        with pytest.raises(ValueError, match="mixed_min_step"):
+            ChainConfig(num_steps=4, mode="mixed", **bad)
+
+
 def test_initial_noise_makes_sampling_reproducible():
     model = _tiny_mlp()
     ctx = model.encode({"state": torch.randn(3, 5)})
