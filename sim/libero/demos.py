@@ -16,28 +16,24 @@ of every kept episode, so any episode can be replayed in the simulator.
 from __future__ import annotations
 
 import argparse
-import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from sim import demo_recording
+from sim.demo_recording import (SIDECAR, DemoCounts, ExpertEpisode, prepare_output, record_expert_demos,
+                                run_expert_episode)
 from sim.libero.config import LiberoConfig
 from sim.libero.env import CONTROL_HZ, LiberoEnv, task_spec
 from sim.libero.experts import PickPlaceExpert, UnsupportedTask
 
-SIDECAR = "meta/pirl_sim.json"
 SCENE = "sampled"
+
+__all__ = ["SCENE", "SIDECAR", "DemoReport", "demo_features", "main", "record_demos"]
 
 
 @dataclass
-class DemoReport:
-    root: Path
-    kept: int
-    attempted: int
-    seconds: float
+class DemoReport(DemoCounts):
     episodes: list[dict] = field(default_factory=list)  # task_id, seed, scene, length of each kept episode
     attempts_per_task: dict[int, int] = field(default_factory=dict)
     successes_per_task: dict[int, int] = field(default_factory=dict)
@@ -49,33 +45,14 @@ class DemoReport:
 
 def demo_features(cfg: LiberoConfig, use_videos: bool = False) -> dict[str, dict[str, Any]]:
     """lerobot feature spec: observation.state, action, next.reward, one observation.images.<cam> per camera."""
-    spec = task_spec(cfg)
-    feats: dict[str, dict[str, Any]] = {
-        "observation.state": {"dtype": "float32", "shape": (spec.state_dim,), "names": list(spec.state_names)},
-        "action": {"dtype": "float32", "shape": (spec.action_dim,), "names": list(spec.action_names)},
-        "next.reward": {"dtype": "float32", "shape": (1,), "names": None},
-    }
-    for cam in spec.cameras:
-        feats[f"observation.images.{cam.name}"] = {
-            "dtype": "video" if use_videos else "image", "shape": (cam.height, cam.width, 3),
-            "names": ["height", "width", "channels"]}
-    return feats
+    return demo_recording.demo_features(task_spec(cfg), use_videos)
 
 
 def record_demos(cfg: LiberoConfig, num_episodes: int, out: str | Path, *, seed: int = 0, noise: float = 0.0,
                  max_attempts: int | None = None, use_videos: bool = False, repo_id: str | None = None,
                  log=print) -> DemoReport:
     """Run the scripted expert until `num_episodes` successes (or `max_attempts`, default 2x) and write them."""
-    import datasets
-    from lerobot.datasets.lerobot_dataset import LeRobotDataset
-
-    datasets.disable_progress_bars()
-    out = Path(out)
-    if out.exists():
-        raise FileExistsError(f"{out} exists; demos go to a new directory (lerobot refuses to overwrite)")
-    if num_episodes < 1:
-        raise ValueError("num_episodes must be >= 1")
-    max_attempts = max_attempts or 2 * num_episodes
+    out = prepare_output(out, num_episodes)
     spec = task_spec(cfg)
     envs: dict[int, LiberoEnv] = {}
     experts = {}
@@ -89,67 +66,46 @@ def record_demos(cfg: LiberoConfig, num_episodes: int, out: str | Path, *, seed:
         raise UnsupportedTask(f"no scripted demos for this setup: {e}. Train from your own LeRobotDataset "
                               "instead (env.dataset.root=DIR), or pick tasks the expert covers "
                               "(all of libero_object; libero_goal 2, 6, 9)") from e
-    ds = LeRobotDataset.create(repo_id or f"pirl/{cfg.suite}-{cfg.obs_mode}", fps=CONTROL_HZ,
-                               features=demo_features(cfg, use_videos), root=out, robot_type=spec.robot,
-                               use_videos=use_videos)
     report = DemoReport(out, 0, 0, 0.0)
-    start = time.perf_counter()
-    try:
-        while report.kept < num_episodes and report.attempted < max_attempts:
-            episode_seed = seed + report.attempted
-            task_id = cfg.task_of(episode_seed)
-            report.attempted += 1
-            report.attempts_per_task[task_id] = report.attempts_per_task.get(task_id, 0) + 1
-            frames, success = _run_expert_episode(envs[task_id], experts[task_id], episode_seed)
-            if not success:
-                log(f"task {task_id} seed {episode_seed}: expert failed after {len(frames)} steps, episode dropped")
-                continue
+
+    def attempt(episode_seed: int) -> ExpertEpisode:
+        task_id = cfg.task_of(episode_seed)
+        report.attempts_per_task[task_id] = report.attempts_per_task.get(task_id, 0) + 1
+        frames, success = _run_expert_episode(envs[task_id], experts[task_id], episode_seed)
+        if success:
             report.successes_per_task[task_id] = report.successes_per_task.get(task_id, 0) + 1
-            for frame in frames:
-                ds.add_frame({**frame, "task": envs[task_id].instruction})
-            ds.save_episode()
-            report.episodes.append({"episode_index": report.kept, "task_id": task_id, "seed": episode_seed,
-                                    "scene": SCENE, "length": len(frames)})
-            report.kept += 1
-    finally:
-        ds.finalize()  # episodes already saved stay readable even if recording is interrupted
+        else:
+            log(f"task {task_id} seed {episode_seed}: expert failed after {len(frames)} steps, episode dropped")
+        return ExpertEpisode(frames, success, envs[task_id].instruction)
+
+    def on_kept(episode_seed: int, episode: ExpertEpisode) -> None:
+        report.episodes.append({"episode_index": report.kept, "task_id": cfg.task_of(episode_seed),
+                                "seed": episode_seed, "scene": SCENE, "length": len(episode.frames)})
+
+    def close_envs() -> None:
         for env in envs.values():
             env.close()
-        report.seconds = time.perf_counter() - start
-        _write_sidecar(out, cfg, spec, report, noise)
-    log(f"kept {report.kept}/{report.attempted} expert episodes in {report.seconds:.1f} s "
-        f"({report.seconds / max(report.attempted, 1):.2f} s/attempt) -> {out}")
-    if report.kept < num_episodes:
-        raise RuntimeError(f"only {report.kept} of {num_episodes} requested episodes succeeded in "
-                           f"{report.attempted} attempts (the ones kept are saved in {out})")
+
+    record_expert_demos(report, num_episodes, seed=seed, max_attempts=max_attempts, spec=spec, fps=CONTROL_HZ,
+                        repo_id=repo_id or f"pirl/{cfg.suite}-{cfg.obs_mode}", use_videos=use_videos,
+                        attempt=attempt, on_kept=on_kept, close_envs=close_envs,
+                        sidecar=lambda: _sidecar(cfg, spec, report, noise), log=log)
     return report
 
 
 def _run_expert_episode(env: LiberoEnv, expert: PickPlaceExpert, seed: int) -> tuple[list[dict], bool]:
     obs, _ = env.reset(seed=seed, scene=SCENE)
     expert.reset(env)
-    frames = []
-    while True:
-        action = env.clip_action(expert.act(env))
-        frame = {"observation.state": obs["state"], "action": action}
-        frame.update({f"observation.images.{c}": img for c, img in obs["images"].items()})
-        obs, reward, terminated, truncated, info = env.step(action)
-        frame["next.reward"] = np.array([reward], dtype=np.float32)
-        frames.append(frame)
-        if terminated or truncated:
-            return frames, bool(info["success"])
+    return run_expert_episode(env, obs, lambda: expert.act(env))
 
 
-def _write_sidecar(out: Path, cfg: LiberoConfig, spec, report: DemoReport, noise: float) -> None:
-    if not (out / "meta").is_dir():
-        return
-    side = {"simulator": "libero", "task_config": cfg.to_dict(), "spec": spec.to_dict(),
+def _sidecar(cfg: LiberoConfig, spec, report: DemoReport, noise: float) -> dict[str, Any]:
+    return {"simulator": "libero", "task_config": cfg.to_dict(), "spec": spec.to_dict(),
             "expert": {"kind": "scripted_pick_place", "noise": noise}, "attempted": report.attempted,
             "kept": report.kept,
             "expert_success": {str(t): [report.successes_per_task.get(t, 0), n]
                                for t, n in sorted(report.attempts_per_task.items())},
             "episodes": report.episodes}
-    (out / SIDECAR).write_text(json.dumps(side, indent=1))
 
 
 def main(argv: list[str] | None = None) -> None:

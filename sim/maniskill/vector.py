@@ -1,357 +1,61 @@
 """N ManiSkill CPU envs stepped one action chunk at a time, spread over worker processes.
 
 ManiSkill refuses num_envs > 1 on the CPU backend, so parallelism comes from processes: ``num_workers`` of them
-(default: one per env), each holding a block of the envs and stepping them one after the other. Each env runs a
-whole chunk inside its worker (one pipe round trip per chunk and worker, not per step), stops early when its
-episode ends, and then resets itself for the next episode:
+(default: one per env), each holding a block of the envs and stepping them one after the other; each env runs a
+whole chunk per call, stops early when its episode ends, and then resets itself for the next episode:
 
     with ChunkVectorEnv(TaskConfig(task="PushCube-v1"), num_envs=4, seed=0) as venv:
         obs = venv.reset(seeds=[7, 7, 7, 7])         # identical initial states (a GRPO group)
         res = venv.step_chunk(actions)               # actions (N, H, 8): absolute joint targets + gripper
         res.reward, res.done, res.final_obs, res.episodes
 
-Seeds: every episode starts from an explicit seed, so a run is reproducible from ``seed``. ``reset(seeds)`` seeds
-the episodes it starts; after an episode ends, the env's next seed is the one set with ``set_next_seeds`` (used
-once), else the next draw of the env's own seed stream (derived from ``seed`` and the env index).
+The worker pool, the seeding rules and this API live in ``sim.vector_pool``; this module says which env a worker
+builds.
 """
 
 from __future__ import annotations
 
-import multiprocessing as mp
-import os
-import signal
-import traceback
-from dataclasses import dataclass, field
-from typing import Any, Sequence
-
-import numpy as np
-
 from sim.maniskill.config import TaskConfig
+from sim.vector_pool import ChunkRunner, ChunkVectorPool
+from sim.vector_types import ChunkResult, EpisodeStats, Obs, WorkerError, stack_obs
 
-Obs = dict[str, Any]  # {"state": (S,) float32, "images": {cam: (H, W, 3) uint8}}, or batched with a leading N
-
-
-@dataclass
-class EpisodeStats:
-    env_index: int
-    seed: int
-    episode_return: float
-    length: int
-    success: bool
+__all__ = ["ChunkResult", "ChunkVectorEnv", "EnvRunner", "EpisodeStats", "Obs", "WorkerError", "stack_obs"]
 
 
-@dataclass
-class ChunkResult:
-    """What one chunk did in each of the N envs.
-
-    obs: observations after the chunk; for envs whose episode ended, the first observation of the next episode.
-    final_obs: where ``done``, the last observation of the ended episode (bootstrap the value on truncation);
-      elsewhere the same as ``obs``.
-    reward: sum of the rewards of the executed steps; step_rewards (N, H): per step, 0 after the episode ended.
-    steps: actions executed (< H when the episode ended inside the chunk; 0 for inactive envs).
-    success: the task's success flag at the last executed step.
-    episodes: stats of the episodes that ended in this chunk.
-    """
-
-    obs: Obs
-    final_obs: Obs
-    reward: np.ndarray
-    step_rewards: np.ndarray
-    terminated: np.ndarray
-    truncated: np.ndarray
-    success: np.ndarray
-    steps: np.ndarray
-    episodes: list[EpisodeStats] = field(default_factory=list)
-
-    @property
-    def done(self) -> np.ndarray:
-        return self.terminated | self.truncated
-
-
-class WorkerError(RuntimeError):
-    """An env worker raised or died; the message carries its traceback or exit code."""
-
-
-class EnvRunner:
-    """One env plus the chunk loop, auto-reset and seed stream; runs inside a worker (or in-process for N=1)."""
+class EnvRunner(ChunkRunner):
+    """One ManiSkill env plus the chunk loop, auto-reset and seed stream (in a worker, or in-process)."""
 
     def __init__(self, cfg: TaskConfig, index: int, base_seed: int):
         from sim.maniskill.env import ManiSkillEnv
 
         self.env = ManiSkillEnv(cfg)
-        self.index = index
-        self.seed_stream = np.random.default_rng([base_seed, index])
-        self.next_seed: int | None = None
-        self.obs: Obs | None = None
+        super().__init__(index, base_seed)
 
-    def reset(self, seed: int | None) -> Obs:
-        self.seed = int(seed) if seed is not None else int(self.seed_stream.integers(2**31 - 1))
-        self.obs, _ = self.env.reset(seed=self.seed)
-        self.episode_return, self.episode_length = 0.0, 0
-        return self.obs
+    @staticmethod
+    def prepare_worker() -> None:
+        import torch
 
-    def set_next_seed(self, seed: int | None) -> None:
-        self.next_seed = seed
+        torch.set_num_threads(1)  # workers share the machine's cores; torch's default would oversubscribe them
 
-    def step_chunk(self, actions: np.ndarray, active: bool = True) -> dict[str, Any]:
-        if self.obs is None:
-            raise RuntimeError("step_chunk before reset")
-        rewards = np.zeros(len(actions), dtype=np.float32)
-        out = dict(terminated=False, truncated=False, success=False, steps=0, episode=None)
-        if active:
-            for h, action in enumerate(actions):
-                self.obs, rewards[h], term, trunc, info = self.env.step(action)
-                out.update(terminated=term, truncated=trunc, success=bool(info["success"]), steps=h + 1)
-                if term or trunc:
-                    break
-            self.episode_return += float(rewards.sum())
-            self.episode_length += out["steps"]
-        out.update(step_rewards=rewards, final_obs=self.obs)
-        if out["terminated"] or out["truncated"]:
-            out["episode"] = EpisodeStats(self.index, self.seed, self.episode_return, self.episode_length,
-                                          out["success"])
-            self.reset(self.next_seed)
-            self.next_seed = None
-        out["obs"] = self.obs
-        return out
+    def _reset_env(self, seed: int) -> Obs:
+        obs, _ = self.env.reset(seed=seed)
+        return obs
 
     def close(self) -> None:
         self.env.close()
 
 
-class _EnvGroup:
-    """The envs of one worker process (or of the parent, in-process); calls fan out over them in order."""
-
-    def __init__(self, cfg: TaskConfig, indices: Sequence[int], base_seed: int):
-        self.runners: list[EnvRunner] = []
-        try:
-            for i in indices:
-                self.runners.append(EnvRunner(cfg, i, base_seed))
-        except BaseException:
-            self.close()
-            raise
-
-    def call(self, method: str, args: list[tuple]) -> list[Any]:
-        return [getattr(r, method)(*a) for r, a in zip(self.runners, args)]
-
-    def close(self) -> None:
-        for r in self.runners:
-            r.close()
-
-
-def _worker(conn, cfg: TaskConfig, indices: list[int], base_seed: int) -> None:
-    """Worker process loop: serve ("call", method, per-env args) until "close" or until the parent goes away."""
-    _die_with_parent()
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    import torch
-
-    torch.set_num_threads(1)  # workers share the machine's cores; torch's default would oversubscribe them
-    group = None
-    try:
-        group = _EnvGroup(cfg, indices, base_seed)
-        conn.send(("ok", None))
-        while True:
-            try:
-                cmd, *args = conn.recv()
-            except (EOFError, KeyboardInterrupt):  # parent closed the pipe or died
-                break
-            if cmd == "close":
-                conn.send(("ok", None))
-                break
-            try:
-                conn.send(("ok", group.call(*args)))
-            except Exception:
-                conn.send(("error", traceback.format_exc()))
-    except Exception:
-        try:
-            conn.send(("error", traceback.format_exc()))
-        except (BrokenPipeError, OSError):
-            pass
-    finally:
-        if group is not None:
-            group.close()
-        conn.close()
-
-
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when the parent exits, so a crashed trainer leaves no orphan sims.
-
-    Linux ties this to the parent *thread*: build the ChunkVectorEnv in a thread that lives as long as it."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: the pipe EOF in the worker loop still ends it
-        pass
-
-
-class ChunkVectorEnv:
+class ChunkVectorEnv(ChunkVectorPool):
     """N CPU ManiSkill envs with chunked stepping. See the module docstring for the protocol."""
 
     def __init__(self, cfg: TaskConfig, num_envs: int, seed: int = 0, num_workers: int | None = None,
                  in_process: bool | None = None, start_timeout_s: float = 300.0):
         """num_workers: processes to spread the envs over (default one per env; at most num_envs).
         in_process: step all envs in this process, no workers (default: only when num_envs == 1)."""
-        if num_envs < 1:
-            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
-        if num_workers is not None and num_workers < 1:
-            raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+        super().__init__(num_envs, seed, num_workers, in_process)
         if cfg.sim_backend != "cpu":
             raise ValueError("ChunkVectorEnv runs CPU envs (sim_backend='cpu'); there is no GPU variant yet")
         from sim.maniskill.env import task_spec
 
-        self.cfg, self.num_envs, self.seed = cfg, num_envs, seed
-        self.spec = task_spec(cfg)
-        self.in_process = num_envs == 1 if in_process is None else in_process
-        self.num_workers = 0 if self.in_process else min(num_workers or num_envs, num_envs)
-        self._closed = False
-        self._local: _EnvGroup | None = None
-        self._blocks: list[list[int]] = []  # env indices of each worker, contiguous and in order
-        self._procs: list[Any] = []
-        self._conns: list[Any] = []
-        if self.in_process:
-            self._local = _EnvGroup(cfg, range(num_envs), seed)
-            return
-        self._blocks = [b.tolist() for b in np.array_split(np.arange(num_envs), self.num_workers)]
-        ctx = mp.get_context("spawn")  # fresh interpreters: no forked torch/Vulkan state, no inherited pipe ends
-        try:
-            for w, block in enumerate(self._blocks):
-                parent, child = ctx.Pipe()
-                proc = ctx.Process(target=_worker, args=(child, cfg, block, seed), daemon=True,
-                                   name=f"maniskill-worker-{w}")
-                proc.start()
-                child.close()
-                self._procs.append(proc)
-                self._conns.append(parent)
-            self._gather(timeout_s=start_timeout_s)
-        except WorkerError as e:
-            self.close()
-            raise WorkerError(f"{e}\n(if the worker's stderr mentions the 'bootstrapping phase': workers are "
-                              "spawned, so a script that builds a ChunkVectorEnv needs an "
-                              "`if __name__ == '__main__':` guard)") from None
-        except BaseException:
-            self.close()
-            raise
-
-    # --- public API -------------------------------------------------------------------------------------------
-    def reset(self, seeds: Sequence[int | None] | None = None) -> Obs:
-        """Start a new episode in every env; seeds[i] (None: the env's seed stream). Returns the batched obs."""
-        seeds = self._per_env(seeds, "seeds")
-        self._call_each("set_next_seed", [(None,)] * self.num_envs)
-        return stack_obs(self._call_each("reset", [(s,) for s in seeds]))
-
-    def set_next_seeds(self, seeds: Sequence[int | None]) -> None:
-        """Seeds for each env's next auto-reset (used once; None keeps the env's seed stream)."""
-        self._call_each("set_next_seed", [(s,) for s in self._per_env(seeds, "seeds")])
-
-    def step_chunk(self, actions: np.ndarray, active: Sequence[bool] | np.ndarray | None = None) -> ChunkResult:
-        """Execute actions (N, H, A) chunk-wise; envs with active[i] False do not step (obs unchanged)."""
-        actions = np.asarray(actions, dtype=np.float32)
-        a = self.spec.action_dim
-        if actions.ndim != 3 or actions.shape[0] != self.num_envs or actions.shape[2] != a or actions.shape[1] < 1:
-            raise ValueError(f"actions must have shape (num_envs={self.num_envs}, H, {a}), got {actions.shape}")
-        if not np.isfinite(actions).all():
-            bad = sorted(set(np.nonzero(~np.isfinite(actions))[0].tolist()))
-            raise ValueError(f"non-finite actions for envs {bad}")
-        active = np.ones(self.num_envs, bool) if active is None else np.asarray(active, dtype=bool)
-        if active.shape != (self.num_envs,):
-            raise ValueError(f"active must have shape ({self.num_envs},), got {active.shape}")
-        outs = self._call_each("step_chunk", [(actions[i], bool(active[i])) for i in range(self.num_envs)])
-        return ChunkResult(
-            obs=stack_obs([o["obs"] for o in outs]),
-            final_obs=stack_obs([o["final_obs"] for o in outs]),
-            reward=np.array([o["step_rewards"].sum() for o in outs], dtype=np.float32),
-            step_rewards=np.stack([o["step_rewards"] for o in outs]),
-            terminated=np.array([o["terminated"] for o in outs], dtype=bool),
-            truncated=np.array([o["truncated"] for o in outs], dtype=bool),
-            success=np.array([o["success"] for o in outs], dtype=bool),
-            steps=np.array([o["steps"] for o in outs], dtype=np.int32),
-            episodes=[o["episode"] for o in outs if o["episode"] is not None],
-        )
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self._local is not None:
-            self._local.close()
-        for conn, proc in zip(self._conns, self._procs):
-            try:
-                if proc.is_alive():
-                    conn.send(("close",))
-            except (BrokenPipeError, OSError):
-                pass
-        for conn, proc in zip(self._conns, self._procs):
-            proc.join(timeout=10)
-            if proc.is_alive():
-                proc.kill()
-                proc.join(timeout=5)
-            conn.close()
-
-    def __enter__(self) -> "ChunkVectorEnv":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
-
-    # --- plumbing ---------------------------------------------------------------------------------------------
-    def _per_env(self, values: Sequence[Any] | None, what: str) -> list[Any]:
-        if values is None:
-            return [None] * self.num_envs
-        values = list(values)
-        if len(values) != self.num_envs:
-            raise ValueError(f"{what} needs one entry per env ({self.num_envs}), got {len(values)}")
-        return values
-
-    def _call_each(self, method: str, args: list[tuple]) -> list[Any]:
-        """Call method(*args[i]) on env i, for every env; results in env order."""
-        if self._closed:
-            raise RuntimeError("ChunkVectorEnv is closed")
-        if self._local is not None:
-            return self._local.call(method, args)
-        for conn, block in zip(self._conns, self._blocks):
-            try:
-                conn.send(("call", method, [args[i] for i in block]))
-            except OSError:  # a dead worker's pipe; _gather reports it with its exit code
-                pass
-        return [r for per_worker in self._gather() for r in per_worker]
-
-    def _gather(self, timeout_s: float | None = None) -> list[Any]:
-        """One reply per worker, in worker order; a worker error or death becomes a WorkerError."""
-        results, errors = [], []
-        for i, (conn, proc) in enumerate(zip(self._conns, self._procs)):
-            waited = 0.0
-            while not conn.poll(1.0):
-                waited += 1.0
-                if not proc.is_alive():
-                    errors.append(f"env worker {i} (envs {self._blocks[i]}) died (exit code {proc.exitcode})")
-                    break
-                if timeout_s is not None and waited >= timeout_s:
-                    errors.append(f"env worker {i} (envs {self._blocks[i]}) did not answer within {timeout_s:.0f} s")
-                    break
-            else:
-                try:
-                    status, payload = conn.recv()
-                except (EOFError, OSError):
-                    proc.join(timeout=5)
-                    errors.append(f"env worker {i} (envs {self._blocks[i]}) died (exit code {proc.exitcode})")
-                    continue
-                if status == "error":
-                    errors.append(f"env worker {i} (envs {self._blocks[i]}) failed:\n{payload}")
-                results.append(payload)
-        if errors:
-            raise WorkerError("\n".join(errors))
-        return results
-
-
-def stack_obs(obs_list: Sequence[Obs]) -> Obs:
-    """[{"state": (S,), "images": {cam: img}}] * N -> {"state": (N, S), "images": {cam: (N, H, W, 3)}}."""
-    cams = obs_list[0]["images"].keys()
-    return {"state": np.stack([o["state"] for o in obs_list]),
-            "images": {c: np.stack([o["images"][c] for o in obs_list]) for c in cams}}
+        self.cfg, self.spec = cfg, task_spec(cfg)
+        self._start(EnvRunner, dict(cfg=cfg, base_seed=seed), start_timeout_s, worker_name="maniskill-worker")
