@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -28,6 +29,30 @@ def compose(name: str, overrides: list[str] | None = None) -> DictConfig:
             return hydra_compose(config_name=name, overrides=list(overrides or []))
     except HydraException as e:
         raise ConfigError(f"cannot compose config {name!r} with overrides {overrides}: {e}") from e
+
+
+def run_verb(verb: str, config_name: str, doc: str, run: Callable[[DictConfig], Any], argv: list[str],
+             errors: tuple[type[Exception], ...] = (ConfigError,),
+             check: Callable[[DictConfig], None] | None = None) -> int:
+    """The shared main of a Hydra-configured verb (`pirl train`, `pirl eval`): -h/--help prints the module doc,
+    --cfg prints the composed config, a config error (or one of `errors`) exits 2 with the reason."""
+    if argv and argv[0] in ("-h", "--help"):
+        print(doc)
+        return 0
+    show = "--cfg" in argv
+    argv = [a for a in argv if a != "--cfg"]
+    try:
+        cfg = compose(config_name, argv)
+        if show:
+            print(OmegaConf.to_yaml(cfg, resolve=True))
+            return 0
+        if check is not None:
+            check(cfg)
+        run(cfg)
+    except (ConfigError, *errors) as e:
+        print(f"pirl {verb}: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def to_dataclass(cls, data: Any, where: str = ""):

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from pirl_robot.config import ConfigError, compose
+from pirl_robot.config import ConfigError, run_verb
 
 
 class EpisodeObserver(Protocol):
@@ -202,24 +202,13 @@ def run(cfg: DictConfig) -> dict:
     return results
 
 
+def _require_checkpoint(cfg) -> None:
+    if OmegaConf.is_missing(cfg, "checkpoint"):
+        raise ConfigError("a checkpoint directory or bundle is required: pirl eval PATH [overrides]")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("-h", "--help"):
-        print(__doc__)
-        return 0
-    show = "--cfg" in argv
-    argv = [a for a in argv if a != "--cfg"]
-    if argv and "=" not in argv[0]:  # the positional PATH
+    if argv and "=" not in argv[0] and not argv[0].startswith("-"):  # the positional PATH
         argv = [f"checkpoint={argv[0]}"] + argv[1:]
-    try:
-        cfg = compose("eval", argv)
-        if show:
-            print(OmegaConf.to_yaml(cfg, resolve=True))
-            return 0
-        if OmegaConf.is_missing(cfg, "checkpoint"):
-            raise ConfigError("a checkpoint directory or bundle is required: pirl eval PATH [overrides]")
-        run(cfg)
-    except (ConfigError, PolicyLoadError) as e:
-        print(f"pirl eval: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_verb("eval", "eval", __doc__, run, argv, errors=(PolicyLoadError,), check=_require_checkpoint)

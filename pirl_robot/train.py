@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from pirl_robot.config import ConfigError, compose, to_dataclass
+from pirl_robot.config import run_verb, to_dataclass
 from pirl_robot.flow.sampler import ChainConfig
 from pirl_robot.models.factory import build_model
 from pirl_robot.policy import Policy
@@ -115,18 +115,4 @@ def run(cfg: DictConfig) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("-h", "--help"):
-        print(__doc__)
-        return 0
-    show = "--cfg" in argv
-    argv = [a for a in argv if a != "--cfg"]
-    try:
-        cfg = compose("train", argv)
-        if show:
-            print(OmegaConf.to_yaml(cfg, resolve=True))
-            return 0
-        run(cfg)
-    except ConfigError as e:
-        print(f"pirl train: config error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_verb("train", "train", __doc__, run, argv)
