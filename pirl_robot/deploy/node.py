@@ -62,6 +62,7 @@ class DeployNode(LifecycleNode):
         self.episode = 0
         self.taps: list[Callable[[str, dict], None]] = []  # recorder / viewer hooks: fn(kind, record)
         self.safety_mode = ""
+        self._deferred_request: tuple[dict, int] | None = None  # chunk request held until the tick's command is out
         self.blocking_callbacks_allowed = True  # the runner clears it when it spins us on a one-thread executor
         self._reset_stats()
         self._declare_parameters()  # last: raises on a bad value, and close() must work on what exists
@@ -361,6 +362,7 @@ class DeployNode(LifecycleNode):
                 except ArmError as e:
                     self.safety.driver(False, str(e))
                     self.get_logger().error(f"command refused by the arm driver: {e}", throttle_duration_sec=1.0)
+        self._submit_deferred_request()
         if outcome.events:
             self._publish_events(outcome.events)
         self._last_tick_time = t0
@@ -385,7 +387,12 @@ class DeployNode(LifecycleNode):
             if self.broker.needs_inference(tick):
                 self.broker.mark_requested(tick)
                 self.safety.policy("started")
-                self._pending = (self.worker.submit(obs, tick), self.episode)
+                if self.broker.action(tick) is not None:
+                    # Requested early (lead_ticks): submit once this tick's command is out, so the forward pass
+                    # does not compete with the rest of the tick for the GIL.
+                    self._deferred_request = (obs, tick)
+                else:
+                    self._pending = (self.worker.submit(obs, tick), self.episode)
             action = self.broker.action(tick)
             if action is None and self.broker.pending and self.values["max_wait_ms"] > 0:
                 t = time.monotonic()
@@ -396,6 +403,12 @@ class DeployNode(LifecycleNode):
         if action is None and self.broker.chunks:
             self.stats["underruns"] += 1  # had a plan, ran out of it: the arm holds this tick
         return action, waited, None
+
+    def _submit_deferred_request(self) -> None:
+        with self._chunk_cond:
+            request, self._deferred_request = self._deferred_request, None
+            if request is not None and self._executing and self.broker.pending:
+                self._pending = (self.worker.submit(*request), self.episode)
 
     def _on_chunk(self, result: ChunkResult) -> None:
         with self._chunk_cond:
