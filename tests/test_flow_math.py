@@ -104,17 +104,25 @@ def test_mixed_mode_has_exactly_one_stochastic_step_per_chunk():
     assert not chain.stochastic[:, -1].any()
 
 
-def test_mixed_min_step_restricts_the_sde_step_and_bad_values_are_refused():
+def test_first_stochastic_step_keeps_earlier_steps_deterministic_and_bad_values_are_refused():
     model = _tiny_mlp()
     ctx = model.encode({"state": torch.randn(200, 5)})
-    chain = sample_chain(model, ctx, ChainConfig(num_steps=4, mode="mixed", mixed_min_step=2),
+    chain = sample_chain(model, ctx, ChainConfig(num_steps=4, mode="mixed", first_stochastic_step=2),
                          generator=torch.Generator().manual_seed(0))
     assert (chain.stochastic.sum(-1) == 1).all() and not chain.stochastic[:, :2].any()
     assert chain.stochastic[:, 2].any() and chain.stochastic[:, 3].any()  # both allowed steps drawn
-    last = sample_chain(model, ctx, ChainConfig(num_steps=4, mode="mixed", mixed_min_step=3))
-    assert last.stochastic[:, 3].all()
-    for bad in (dict(mixed_min_step=4), dict(mixed_min_step=3, mixed_exclude_last=True), dict(mixed_min_step=-1)):
-        with pytest.raises(ValueError, match="mixed_min_step"):
+    noise = torch.randn(200, 4, 3, generator=torch.Generator().manual_seed(1))
+    ode = sample_chain(model, ctx, ChainConfig(num_steps=4, mode="ode"), noise=noise)
+    for mode in ("sde", "noise", "mixed"):
+        cfg = ChainConfig(num_steps=4, mode=mode, first_stochastic_step=3)
+        last = sample_chain(model, ctx, cfg, noise=noise)
+        assert last.stochastic[:, 3].all() and not last.stochastic[:, :3].any()
+        torch.testing.assert_close(last.xs[:, :4], ode.xs[:, :4])  # the ODE up to the last step
+        # the stored log-prob is the last step's alone, and re-scoring the stored chain agrees
+        torch.testing.assert_close(chain_log_prob(model, ctx, last, cfg)["logp"], last.logp, rtol=1e-4, atol=1e-3)
+    for bad in (dict(first_stochastic_step=4), dict(first_stochastic_step=3, mixed_exclude_last=True),
+                dict(first_stochastic_step=-1)):
+        with pytest.raises(ValueError, match="first_stochastic_step"):
             ChainConfig(num_steps=4, mode="mixed", **bad)
 
 

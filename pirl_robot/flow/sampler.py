@@ -25,11 +25,12 @@ class ChainConfig:
     mode: str = "mixed"
     noise_level: float = 0.5  # Flow-SDE's a
     mixed_exclude_last: bool = False
-    # Mixed rollouts draw the SDE step from [mixed_min_step, K) (K-1 with exclude_last). A chain fitted to a few
-    # near-deterministic demos contracts every x_t onto one action, so noise injected early is undone by the ODE
-    # steps after it: those chunks carry a likelihood term but no exploration. mixed_min_step=K-1 explores at
-    # the last step only (the Gaussian around the chain's output that the outcome actually sees).
-    mixed_min_step: int = 0
+    # Steps before this one are ODE steps in every mode; mixed draws its one SDE step from [first, K) (K-1 with
+    # exclude_last). A chain fitted to a few near-deterministic demos contracts every x_t onto one action, so noise
+    # injected early is undone by the ODE steps after it: those chunks carry a likelihood term but explore
+    # nothing. first_stochastic_step=K-1 explores at the last step only; with Flow-Noise the chunk is then a
+    # Gaussian whose mean is exactly the ODE chain's output (the deployed policy).
+    first_stochastic_step: int = 0
     # One log-prob per chunk: always the sum over the chunk's entries (H x A, a chunk is one action of the outer
     # MDP); across the chain's stochastic steps "mean" (RLinf) or "sum" (the exact joint density).
     reduction: str = "mean"
@@ -41,10 +42,11 @@ class ChainConfig:
             raise ValueError(f"reduction must be 'sum' or 'mean', got {self.reduction!r}")
         if self.num_steps < 1 or (self.mode == "mixed" and self.mixed_exclude_last and self.num_steps < 2):
             raise ValueError(f"num_steps={self.num_steps} too small for mode {self.mode}")
-        hi = self.num_steps - 1 if self.mixed_exclude_last else self.num_steps
-        if not 0 <= self.mixed_min_step < hi:
-            raise ValueError(f"mixed_min_step={self.mixed_min_step} must be in [0, {hi}) for num_steps="
-                             f"{self.num_steps}{' with mixed_exclude_last' if self.mixed_exclude_last else ''}")
+        hi = self.num_steps - 1 if self.mode == "mixed" and self.mixed_exclude_last else self.num_steps
+        if not 0 <= self.first_stochastic_step < hi:
+            raise ValueError(f"first_stochastic_step={self.first_stochastic_step} must be in [0, {hi}) for "
+                             f"num_steps={self.num_steps}"
+                             f"{' with mixed_exclude_last' if hi < self.num_steps else ''}")
         if self.noise_level <= 0 and self.mode in ("sde", "mixed"):
             raise ValueError("Flow-SDE needs noise_level > 0")
 
@@ -71,9 +73,11 @@ def _stochastic_mask(cfg: ChainConfig, batch: int, generator: torch.Generator | 
     if cfg.mode == "ode":
         return torch.zeros(batch, k, dtype=torch.bool, device=device)
     if cfg.mode in ("sde", "noise"):
-        return torch.ones(batch, k, dtype=torch.bool, device=device)
+        mask = torch.ones(batch, k, dtype=torch.bool, device=device)
+        mask[:, :cfg.first_stochastic_step] = False
+        return mask
     hi = k - 1 if cfg.mixed_exclude_last else k
-    idx = torch.randint(cfg.mixed_min_step, hi, (batch,), generator=generator,
+    idx = torch.randint(cfg.first_stochastic_step, hi, (batch,), generator=generator,
                         device=generator.device if generator else "cpu")
     return torch.nn.functional.one_hot(idx.to(device), k).bool()
 
@@ -85,9 +89,8 @@ def _step_stats(model: FlowPolicyModel, cfg: ChainConfig, x: torch.Tensor, v: to
         return ode_mean(x, v, d), model.noise_std(feats, t)
     if cfg.mode in ("sde", "mixed"):
         mean, std = sde_step_stats(x, v, t, d, cfg.noise_level)
-        if cfg.mode == "mixed":  # ODE where not stochastic
-            s = stochastic.view(-1, 1, 1)
-            mean = torch.where(s, mean, ode_mean(x, v, d))
+        s = stochastic.view(-1, 1, 1)  # ODE where not stochastic (mixed, and SDE before first_stochastic_step)
+        mean = torch.where(s, mean, ode_mean(x, v, d))
         return mean, std
     return ode_mean(x, v, d), torch.ones_like(x)
 
