@@ -105,6 +105,9 @@ def load_policy(path: str | Path, device: str = "cpu"):
     spec = PolicySpec.from_dict(meta["spec"])
     model: FlowPolicyModel = build_model(meta["model_kind"], meta["model_config"], spec)
     load_state_dict_strict(model, load_weights(path / WEIGHTS), str(path / WEIGHTS))
-    sampler = ChainConfig(**{**asdict(ChainConfig()), **meta.get("sampler", {}), "mode": "ode"})
+    try:
+        sampler = ChainConfig.for_inference(meta.get("sampler", {}))
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path / POLICY_JSON}: bad sampler settings: {e}") from e
     return Policy(spec=spec, model=model.to(device).eval(), transforms=PolicyTransforms.from_dict(spec, meta["stats"]),
                   sampler=sampler, model_kind=meta["model_kind"])

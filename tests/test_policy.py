@@ -111,3 +111,16 @@ def test_strict_loading_refuses_mismatched_or_corrupt_checkpoints(tmp_path):
     (tmp_path / "c" / "policy.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="JSON"):
         Policy.load(tmp_path / "c")
+
+
+def test_sampler_settings_load_with_the_old_option_name_and_refuse_unknown_ones(tmp_path):
+    make_policy().save(tmp_path / "old")
+    meta = json.loads((tmp_path / "old" / "policy.json").read_text())
+    sampler = meta["sampler"]
+    sampler["mixed_min_step"] = sampler.pop("first_stochastic_step")  # as written before the rename
+    (tmp_path / "old" / "policy.json").write_text(json.dumps(meta))
+    assert Policy.load(tmp_path / "old").sampler.mode == "ode"
+    sampler["warp_factor"] = 9
+    (tmp_path / "old" / "policy.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="unknown sampler settings.*warp_factor"):
+        Policy.load(tmp_path / "old")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from pirl_robot.bundle.format import (MODEL_JSON, SPEC_JSON, STATS_JSON, WEIGHTS, BundleError,
@@ -51,7 +51,7 @@ def open_bundle(bundle_dir: str | Path, robot_spec: PolicySpec | None = None, de
         model = build_model(model_meta["model_kind"], model_meta["model_config"], spec)
         load_state_dict_strict(model, load_weights(d / WEIGHTS), str(d / WEIGHTS))
         transforms = PolicyTransforms.from_dict(spec, read_json(d / STATS_JSON))
-        sampler = ChainConfig(**{**asdict(ChainConfig()), **model_meta.get("sampler", {}), "mode": "ode"})
+        sampler = ChainConfig.for_inference(model_meta.get("sampler", {}))
     except (KeyError, ValueError, TypeError, CheckpointError) as e:
         raise BundleError(f"bundle {d} cannot be loaded: {e}") from e
     policy = Policy(spec=spec, model=model.to(device).eval(), transforms=transforms, sampler=sampler,

@@ -9,7 +9,7 @@ Modes:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 
@@ -34,6 +34,17 @@ class ChainConfig:
     # One log-prob per chunk: always the sum over the chunk's entries (H x A, a chunk is one action of the outer
     # MDP); across the chain's stochastic steps "mean" (RLinf) or "sum" (the exact joint density).
     reduction: str = "mean"
+
+    @classmethod
+    def for_inference(cls, saved: dict) -> "ChainConfig":
+        """The deployment sampler (ODE) from the chain settings stored with a checkpoint or bundle."""
+        saved = dict(saved)
+        if "mixed_min_step" in saved:  # its name in checkpoints written before the option covered every mode
+            saved["first_stochastic_step"] = saved.pop("mixed_min_step")
+        unknown = sorted(set(saved) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown sampler settings {unknown} (written by a newer pirl-robot?)")
+        return cls(**{**asdict(cls()), **saved, "mode": "ode"})
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
