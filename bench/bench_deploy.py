@@ -1,7 +1,8 @@
 """Deploy node overhead and control-loop jitter over DDS on loopback (goal: p99 overhead <= 2 ms).
 
-    python bench/bench_deploy.py                 # ~45 s: three runs of 10 s
+    python bench/bench_deploy.py                 # ~1 min: three runs of 10 s after a 3 s warm-up each
     python bench/bench_deploy.py --seconds 30    # longer runs, steadier tails
+    python bench/bench_deploy.py --executor multi_threaded   # the node on rclpy's Python executor, to compare
 
 The deploy node runs in its own process (as `pirl deploy` / ros2 launch run it) with a small flow policy; this
 process plays the arm: it publishes sensor_msgs/JointState at 50 Hz and receives the JointTrajectory commands.
