@@ -14,7 +14,6 @@ deploy/safety_hook.py. Control ticks come from a timer thread or from each joint
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from typing import Any, Callable
@@ -33,7 +32,6 @@ from pirl_robot.drivers.arms.base import ArmError, JointSample
 from pirl_robot.drivers.cameras.base import CameraError
 
 INPUT_ERRORS = (StaleInputError, ArmError, CameraError)
-GIL_SWITCH_INTERVAL_S = 0.0005
 MOVING_MODES = ("starting", "running", "hold", "stopping")  # safety filter modes that still stream commands
 
 
@@ -109,20 +107,11 @@ class DeployNode(LifecycleNode):
     # --- lifecycle ------------------------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         from pirl_robot.bundle import BundleError, open_bundle
+        from pirl_robot.deploy.realtime import prepare_process
 
         p = self.values
-        import torch
-
-        from pirl_robot.deploy.realtime import lock_memory, policy_threads
-
-        torch.set_num_threads(policy_threads(p["torch_threads"]))
-        # The executor, the inference thread and the control loop share one GIL; CPython's default 5 ms switch
-        # interval lets a busy thread hold it for several ticks' worth of overhead budget.
-        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-        if p["lock_memory"]:
-            reason = lock_memory()
-            if reason:
-                self.get_logger().warning(f"lock_memory: {reason}; control ticks may stall on page faults")
+        for warning in prepare_process(p["torch_threads"], p["lock_memory"]):
+            self.get_logger().warning(warning)
         try:
             if not p["bundle"]:
                 raise ValueError("parameter 'bundle' is empty: give the path of an exported bundle")

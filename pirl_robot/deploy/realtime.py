@@ -12,8 +12,22 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import sys
 
 MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT = 1, 2, 4
+# The executor, the inference thread and the control loop share one GIL; CPython's default 5 ms switch interval
+# lets a busy thread hold it for several ticks' worth of overhead budget.
+GIL_SWITCH_INTERVAL_S = 0.0005
+
+
+def prepare_process(torch_threads: int, lock: bool) -> list[str]:
+    """Apply the deploy process's real-time settings; returns warnings for what could not be applied."""
+    import torch
+
+    torch.set_num_threads(policy_threads(torch_threads))
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    reason = lock_memory() if lock else None
+    return [f"lock_memory: {reason}; control ticks may stall on page faults"] if reason else []
 
 
 def lock_memory() -> str | None:
