@@ -373,16 +373,16 @@ class DeployNode(LifecycleNode):
         with self._chunk_cond:
             if self._policy_error is not None:
                 return None, 0.0, RuntimeError(f"policy failed: {self._policy_error}")
+            action = self.broker.action(tick)
             if self.broker.needs_inference(tick):
                 self.broker.mark_requested(tick)
                 self.safety.policy("started")
-                if self.broker.action(tick) is not None:
+                if action is not None:
                     # Requested early (lead_ticks): submit once this tick's command is out, so the forward pass
                     # does not compete with the rest of the tick for the GIL.
                     self._deferred_request = (obs, tick)
                 else:
                     self._pending = (self.worker.submit(obs, tick), self.episode)
-            action = self.broker.action(tick)
             if action is None and self.broker.pending and self.values["max_wait_ms"] > 0:
                 t = time.monotonic()
                 self._chunk_cond.wait_for(lambda: not self.broker.pending or not self._executing,
