@@ -33,7 +33,7 @@ def prepare_process(torch_threads: int, lock: bool) -> list[str]:
 def lock_memory() -> str | None:
     """Keep this process's pages resident. Returns None on success, else the reason it could not (the caller
     warns and runs on: a locked process is better, an unlocked one still works)."""
-    if not hasattr(os, "sched_getaffinity"):  # not Linux
+    if not sys.platform.startswith("linux"):
         return "memory locking is only implemented on Linux"
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
     if libc.mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT) != 0:
@@ -49,8 +49,3 @@ def policy_threads(requested: int) -> int:
         return requested
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, cores - 1)
-
-
-def unlock_memory() -> None:
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    libc.munlockall()
