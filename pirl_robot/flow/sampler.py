@@ -9,7 +9,7 @@ Modes:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 
 import torch
 
@@ -38,13 +38,12 @@ class ChainConfig:
     @classmethod
     def for_inference(cls, saved: dict) -> "ChainConfig":
         """The deployment sampler (ODE) from the chain settings stored with a checkpoint or bundle."""
+        from pirl_robot.config import to_dataclass  # unknown keys and bad values -> ConfigError (a ValueError)
+
         saved = dict(saved)
         if "mixed_min_step" in saved:  # its name in checkpoints written before the option covered every mode
             saved["first_stochastic_step"] = saved.pop("mixed_min_step")
-        unknown = sorted(set(saved) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown sampler settings {unknown} (written by a newer pirl-robot?)")
-        return cls(**{**asdict(cls()), **saved, "mode": "ode"})
+        return to_dataclass(cls, {**saved, "mode": "ode"}, "sampler settings")
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
