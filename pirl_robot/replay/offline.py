@@ -98,11 +98,9 @@ def rerun_episode(episode: RecordedEpisode, policy, bundle_name: str = "", noise
 
 def save_report(res: OfflineRerun, out: Path) -> list[Path]:
     """divergence.md / .json and two plots: executed actions over time (recorded vs re-run) and the divergence."""
-    import matplotlib
+    from pirl_robot.utils.plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "divergence.md").write_text(res.markdown() + "\n")
@@ -125,10 +123,7 @@ def save_report(res: OfflineRerun, out: Path) -> list[Path]:
         axes[j // cols][j % cols].axis("off")
     axes[0][0].legend(fontsize=7)
     fig.suptitle(f"executed actions: recorded vs {res.bundle} (x: tick)", fontsize=10)
-    fig.tight_layout()
-    p1 = out / "actions.png"
-    fig.savefig(p1, dpi=100)
-    plt.close(fig)
+    p1 = save_figure(fig, out / "actions.png", dpi=100)
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.6))
     tab = res.table()
     x = np.arange(n)
@@ -141,8 +136,5 @@ def save_report(res: OfflineRerun, out: Path) -> list[Path]:
     a2.set(xlabel="observation tick", ylabel="max |diff| in the chunk", title="divergence over the episode")
     for a in (a1, a2):
         a.grid(alpha=0.3)
-    fig.tight_layout()
-    p2 = out / "divergence.png"
-    fig.savefig(p2, dpi=100)
-    plt.close(fig)
+    p2 = save_figure(fig, out / "divergence.png", dpi=100)
     return [out / "divergence.md", out / "divergence.json", p1, p2]

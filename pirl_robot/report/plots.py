@@ -7,22 +7,14 @@ from pathlib import Path
 import numpy as np
 
 from pirl_robot.report.stats import LATENCY_KEYS, EpisodeSummary
+from pirl_robot.utils.plots import pyplot, save_figure
 
 OUTCOME_COLORS = {"success": "tab:green", "failure": "tab:red", "unknown": "tab:gray", "interrupted": "tab:orange"}
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def success_plot(rows: list[dict], out: Path, title: str) -> Path:
     """One bar per group: success rate, Wilson 95% interval, successes/decided written on it."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(5.5, 1.8 * len(rows) + 2), 4.2))
     x = np.arange(len(rows))
     rate = np.array([r["success_rate"] if r["decided"] else 0.0 for r in rows])
@@ -38,15 +30,12 @@ def success_plot(rows: list[dict], out: Path, title: str) -> Path:
     ax.set_ylabel("success rate")
     ax.set_title(title, fontsize=10)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def latency_plot(summaries: list[EpisodeSummary], out: Path) -> Path:
     """One histogram per latency, one colour per bundle."""
-    plt = _plt()
+    plt = pyplot()
     bundles = sorted({s.bundle for s in summaries})
     fig, axes = plt.subplots(1, len(LATENCY_KEYS), figsize=(4.0 * len(LATENCY_KEYS), 3.4))
     for ax, (key, label) in zip(axes, LATENCY_KEYS.items()):
@@ -68,10 +57,7 @@ def latency_plot(summaries: list[EpisodeSummary], out: Path) -> Path:
             ax.legend(fontsize=7)
         ax.set(xlabel="ms", ylabel="count")
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def episode_labels(summaries: list[EpisodeSummary]) -> list[str]:
@@ -94,7 +80,7 @@ def _session_breaks(ax, summaries: list[EpisodeSummary]) -> None:
 
 def interventions_plot(summaries: list[EpisodeSummary], out: Path) -> Path:
     """Per episode: e-stops, holds, input faults (bars) and the share of ticks the filter changed (dots)."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(7, 0.4 * len(summaries) + 3), 4.2))
     x = np.arange(len(summaries))
     bottom = np.zeros(len(summaries))
@@ -118,15 +104,12 @@ def interventions_plot(summaries: list[EpisodeSummary], out: Path) -> Path:
     ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=4)
     ax.set_title("interventions per episode (background: green success, red failure, grey unknown)", fontsize=9)
     ax.set_ylim(0, max(1.0, bottom.max() * 1.15))
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def timeline_plot(summaries: list[EpisodeSummary], out: Path) -> Path:
     """Episodes in recording order: duration, coloured by outcome; marks e-stops."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(6, 0.3 * len(summaries) + 3), 3.8))
     for i, s in enumerate(summaries):
         key = "interrupted" if s.interrupted else s.result
@@ -142,10 +125,7 @@ def timeline_plot(summaries: list[EpisodeSummary], out: Path) -> Path:
     ax.legend(handles=[Patch(color=c, label=k) for k, c in OUTCOME_COLORS.items()], fontsize=7, ncol=4,
               loc="upper center", bbox_to_anchor=(0.5, -0.25))
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def _label(g) -> str:

@@ -6,12 +6,26 @@ import json
 from pathlib import Path
 
 
-def learning_curve(metrics: str | Path, out: str | Path, title: str = "") -> Path:
+def pyplot():
+    """matplotlib.pyplot on the Agg backend: figures go to files, never to a display."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save_figure(fig, out: str | Path, dpi: int = 110) -> Path:
+    """Lay out, write and close `fig` (an open figure keeps its memory until closed)."""
+    fig.tight_layout()
+    fig.savefig(out, dpi=dpi)
+    pyplot().close(fig)
+    return Path(out)
+
+
+def learning_curve(metrics: str | Path, out: str | Path, title: str = "") -> Path:
+    plt = pyplot()
     rows = [json.loads(x) for x in Path(metrics).read_text().splitlines() if x.strip()]
     train = [r for r in rows if r["kind"] == "train"]
     evals = [r for r in rows if r["kind"] == "eval"]
@@ -31,7 +45,4 @@ def learning_curve(metrics: str | Path, out: str | Path, title: str = "") -> Pat
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
         ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return Path(out)
+    return save_figure(fig, out)
