@@ -1,9 +1,26 @@
-"""Shared by the safety tests: an end-effector FK independent of the filter's pytorch_kinematics chain."""
+"""Shared by the safety tests: the shipped panda config's path and rest pose, a settable clock, and an
+end-effector FK independent of the filter's own. The config and its FK are fixtures in conftest.py."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+
+PANDA_YAML = Path(__file__).resolve().parents[1] / "configs" / "robot" / "panda.yaml"
+REST = np.array([0.0, np.pi / 8, 0.0, -np.pi * 5 / 8, 0.0, np.pi * 3 / 4, np.pi / 4, 1.0])
+HZ, T = 50.0, 0.02
+
+
+class Clock:
+    """A clock the test sets by hand (filters and watchdogs take it instead of time.monotonic)."""
+
+    def __init__(self, t: float = 0.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
 
 
 class PinocchioFK:

@@ -5,40 +5,18 @@ from __future__ import annotations
 
 import json
 import threading
-from pathlib import Path
 from time import sleep, time_ns
 
 import numpy as np
 import pytest
 
-from pirl_robot.safety import Mode, SafetyEvent, SafetyFilter, load_safety_config
-
-PANDA_YAML = Path(__file__).resolve().parents[1] / "configs" / "robot" / "panda.yaml"
-REST = np.array([0.0, np.pi / 8, 0.0, -np.pi * 5 / 8, 0.0, np.pi * 3 / 4, np.pi / 4, 1.0])
-HZ, T = 50.0, 0.02
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
-@pytest.fixture(scope="module")
-def cfg():
-    return load_safety_config(PANDA_YAML)
-
-
-@pytest.fixture(scope="module")
-def fk(cfg):
-    return SafetyFilter(cfg, HZ).fk  # the chain is parsed once for the module
+from pirl_robot.safety import Mode, SafetyEvent, SafetyFilter
+from safety_utils import HZ, REST, T, Clock
 
 
 @pytest.fixture
-def filt(cfg, fk):
-    return SafetyFilter(cfg, HZ, clock=Clock(), fk=fk)
+def filt(panda_cfg, panda_fk):
+    return SafetyFilter(panda_cfg, HZ, clock=Clock(), fk=panda_fk)
 
 
 def run_until_running(f: SafetyFilter, target: np.ndarray, measured=REST, max_ticks: int = 500) -> list[np.ndarray]:
@@ -52,14 +30,14 @@ def run_until_running(f: SafetyFilter, target: np.ndarray, measured=REST, max_ti
     raise AssertionError(f"never caught up, mode {f.mode}")
 
 
-def moving_fast(f: SafetyFilter, cfg) -> np.ndarray:
+def moving_fast(f: SafetyFilter, panda_cfg) -> np.ndarray:
     """Start at rest, then command a far target so that joint 1 runs at its velocity limit."""
     run_until_running(f, REST)
     far = REST.copy()
     far[0] = 2.5
     for _ in range(60):
         f.step(far, f.command, T)
-    assert f._v[0] == pytest.approx(cfg.joints[0].max_velocity)
+    assert f._v[0] == pytest.approx(panda_cfg.joints[0].max_velocity)
     return far
 
 
@@ -69,12 +47,12 @@ def test_nothing_is_sent_before_the_operator_resumes(filt):
         assert out.command is None and out.mode == Mode.IDLE
 
 
-def test_smooth_start_ramps_from_the_measured_state(filt, cfg):
+def test_smooth_start_ramps_from_the_measured_state(filt, panda_cfg):
     target = REST + np.r_[[0.3] * 7, -0.03]
     cmds = np.array(run_until_running(filt, target))
-    scale = cfg.start.velocity_scale
-    vmax = np.array([j.max_velocity for j in cfg.joints] + [cfg.gripper.max_velocity])
-    amax = np.array([j.max_acceleration for j in cfg.joints])
+    scale = panda_cfg.start.velocity_scale
+    vmax = np.array([j.max_velocity for j in panda_cfg.joints] + [panda_cfg.gripper.max_velocity])
+    amax = np.array([j.max_acceleration for j in panda_cfg.joints])
     steps = np.diff(np.vstack([REST, cmds]), axis=0)
     # starts at rest from the measured state, under the scaled velocity and acceleration limits
     assert (np.abs(steps[0, :7]) <= scale * amax * T * T + 1e-12).all()
@@ -84,11 +62,11 @@ def test_smooth_start_ramps_from_the_measured_state(filt, cfg):
     direction = np.sign(target - REST)
     assert (steps * direction >= -1e-12).all()
     assert ((target - cmds) * direction >= -1e-12).all()
-    assert np.abs(cmds[-1] - target).max() <= cfg.start.tolerance
+    assert np.abs(cmds[-1] - target).max() <= panda_cfg.start.tolerance
     assert len(cmds) > 20  # a ramp, not a jump
 
 
-def test_the_start_waits_for_the_arm_not_the_gripper(filt, cfg):
+def test_the_start_waits_for_the_arm_not_the_gripper(filt, panda_cfg):
     """Closing on nothing: the policy asks for -1, the fingers stop where they can (measured -0.6). The arm is
     already where the policy wants it, so the start ends at once; the gripper still ramps within its limits."""
     target = np.r_[REST[:7], -1.0]
@@ -96,7 +74,7 @@ def test_the_start_waits_for_the_arm_not_the_gripper(filt, cfg):
     assert filt.resume()[0]
     out = filt.step(target, measured, T)
     assert out.mode == Mode.RUNNING and [e.cause for e in out.events] == ["start", "start_done"]
-    g = cfg.gripper
+    g = panda_cfg.gripper
     cmds = [out.command]
     for _ in range(60):
         measured[-1] = max(-0.6, measured[-1] - g.max_velocity * T)  # the fingers follow down to their end stop
@@ -107,8 +85,8 @@ def test_the_start_waits_for_the_arm_not_the_gripper(filt, cfg):
     assert filt.mode == Mode.RUNNING and all(np.array_equal(c[:7], REST[:7]) for c in cmds)
 
 
-def test_controlled_stop_decelerates_within_limits_to_rest(filt, cfg):
-    far = moving_fast(filt, cfg)
+def test_controlled_stop_decelerates_within_limits_to_rest(filt, panda_cfg):
+    far = moving_fast(filt, panda_cfg)
     v0 = filt._v.copy()
     filt.stop("operator")
     positions = [filt.command]
@@ -119,7 +97,7 @@ def test_controlled_stop_decelerates_within_limits_to_rest(filt, cfg):
             break
     assert out.mode == Mode.STOPPED
     v = np.diff(np.array(positions), axis=0) / T
-    amax = np.array([j.max_acceleration for j in cfg.joints])
+    amax = np.array([j.max_acceleration for j in panda_cfg.joints])
     assert (np.abs(np.diff(np.vstack([v0, v])[:, :7], axis=0)) <= amax * T + 1e-9).all()  # decelerates in limits
     assert (np.abs(v[:, 0]) <= abs(v0[0]) + 1e-12).all() and np.all(np.diff(np.abs(v[:, 0])) <= 1e-12)
     assert not v[-1].any()  # exactly zero velocity at the end
@@ -130,8 +108,8 @@ def test_controlled_stop_decelerates_within_limits_to_rest(filt, cfg):
         assert np.array_equal(filt.step(far, rest, T).command, rest)  # and stays there
 
 
-def test_estop_latches_until_reset_and_cancels_the_active_command(filt, cfg):
-    far = moving_fast(filt, cfg)
+def test_estop_latches_until_reset_and_cancels_the_active_command(filt, panda_cfg):
+    far = moving_fast(filt, panda_cfg)
     measured = filt.command - 0.01  # the arm lags its command a little
     out = filt.estop("button", measured=measured)
     assert out.mode == Mode.ESTOP and np.array_equal(out.command, measured)  # at once, at the measured state
@@ -147,13 +125,13 @@ def test_estop_latches_until_reset_and_cancels_the_active_command(filt, cfg):
     assert filt.resume()[0]
     out = filt.step(far, measured, T)
     assert out.resynced and out.mode == Mode.STARTING
-    amax = np.array([j.max_acceleration for j in cfg.joints])
-    assert (np.abs(out.command - measured)[:7] <= cfg.start.velocity_scale * amax * T * T + 1e-12).all()
+    amax = np.array([j.max_acceleration for j in panda_cfg.joints])
+    assert (np.abs(out.command - measured)[:7] <= panda_cfg.start.velocity_scale * amax * T * T + 1e-12).all()
     assert not filt.reset_estop()  # nothing to reset any more
 
 
-def test_estop_without_a_valid_measurement_holds_the_last_command(filt, cfg):
-    moving_fast(filt, cfg)
+def test_estop_without_a_valid_measurement_holds_the_last_command(filt, panda_cfg):
+    moving_fast(filt, panda_cfg)
     last = filt.command
     filt._last_measured = None
     assert np.array_equal(filt.estop("button", measured=[np.nan] * 8).command, last)
@@ -167,11 +145,11 @@ def test_estop_without_a_valid_measurement_holds_the_last_command(filt, cfg):
     (None, "no_command"),
     ("open the gripper", "bad_command"),
 ])
-def test_bad_commands_are_rejected_and_held(filt, cfg, raw, cause):
-    far = moving_fast(filt, cfg)
+def test_bad_commands_are_rejected_and_held(filt, panda_cfg, raw, cause):
+    far = moving_fast(filt, panda_cfg)
     out = filt.step(raw, filt.command, T)
     assert out.mode == Mode.HOLD and [e.cause for e in out.events] == [cause]
-    assert abs(filt._v[0]) < cfg.joints[0].max_velocity  # braking, not following garbage
+    assert abs(filt._v[0]) < panda_cfg.joints[0].max_velocity  # braking, not following garbage
     for _ in range(40):
         out = filt.step(far, filt.command, T)  # good commands again: still held until the operator resumes
     assert out.mode == Mode.HOLD and filt.at_rest
@@ -185,15 +163,15 @@ def test_a_bad_joint_state_holds(filt):
     assert out.mode == Mode.HOLD and out.events[0].cause == "joint_state_invalid"
 
 
-def test_position_is_clamped_to_the_soft_limits(filt, cfg):
+def test_position_is_clamped_to_the_soft_limits(filt, panda_cfg):
     run_until_running(filt, REST)
     target = REST.copy()
-    target[6] = cfg.joints[6].max_position + 0.1  # beyond the hard limit, within the reject band
+    target[6] = panda_cfg.joints[6].max_position + 0.1  # beyond the hard limit, within the reject band
     causes = set()
     for _ in range(300):
         out = filt.step(target, filt.command, T)
         causes |= {e.cause for e in out.events}
-    soft_hi = cfg.joints[6].max_position - cfg.joints[6].position_margin
+    soft_hi = panda_cfg.joints[6].max_position - panda_cfg.joints[6].position_margin
     assert filt.command[6] == pytest.approx(soft_hi, abs=1e-12) and filt.command[6] <= soft_hi
     assert "position_limit" in causes
 
@@ -211,11 +189,11 @@ def test_start_is_refused_outside_the_workspace_or_limits(filt):
     assert out.mode == Mode.IDLE and "hard limits" in out.events[0].detail
 
 
-def test_a_command_that_leaves_the_workspace_is_not_applied(filt, cfg):
+def test_a_command_that_leaves_the_workspace_is_not_applied(filt, panda_cfg):
     run_until_running(filt, REST)
     down = REST.copy()
     down[1], down[3] = 0.8, -1.9
-    box_lo, box_hi = np.array(cfg.workspace.min), np.array(cfg.workspace.max)
+    box_lo, box_hi = np.array(panda_cfg.workspace.min), np.array(panda_cfg.workspace.max)
     causes = []
     for _ in range(150):
         out = filt.step(down, filt.command, T)
@@ -249,10 +227,10 @@ def test_late_and_early_ticks_are_reported(filt):
     assert filt.step(REST, REST, T).events == []
 
 
-def test_an_estop_from_another_thread_is_never_overtaken_by_a_tick(filt, cfg):
+def test_an_estop_from_another_thread_is_never_overtaken_by_a_tick(filt, panda_cfg):
     """The ROS e-stop service runs in its own thread: once estop() has returned, every tick started later sends
     its hold (a tick running meanwhile finishes first, it is never interleaved with the e-stop)."""
-    far = moving_fast(filt, cfg)
+    far = moving_fast(filt, panda_cfg)
     results, stop = [], threading.Event()
 
     def control_loop():

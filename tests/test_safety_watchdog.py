@@ -4,42 +4,20 @@ is fresh again and the operator allows it."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from pirl_robot.safety import Mode, SafetyFilter, SafetySupervisor, Watchdog, WatchdogConfig, load_safety_config
-
-PANDA_YAML = Path(__file__).resolve().parents[1] / "configs" / "robot" / "panda.yaml"
-REST = np.array([0.0, np.pi / 8, 0.0, -np.pi * 5 / 8, 0.0, np.pi * 3 / 4, np.pi / 4, 1.0])
-HZ, T = 50.0, 0.02
-
-
-class Clock:
-    def __init__(self, t: float = 100.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
-@pytest.fixture(scope="module")
-def cfg():
-    return load_safety_config(PANDA_YAML)
-
-
-@pytest.fixture(scope="module")
-def fk(cfg):
-    return SafetyFilter(cfg, HZ).fk
+from pirl_robot.safety import Mode, SafetySupervisor, Watchdog, WatchdogConfig
+from safety_utils import HZ, REST, T, Clock
 
 
 class Loop:
     """A deploy loop in miniature: the inputs that are 'alive' are reported every tick, then the supervisor runs."""
 
-    def __init__(self, cfg, fk, offset: float = 0.0):
+    def __init__(self, panda_cfg, panda_fk, offset: float = 0.0):
         self.clock = Clock(100.0 + offset)
-        self.sup = SafetySupervisor(cfg, HZ, cameras=["wrist"], clock=self.clock, fk=fk)
+        self.sup = SafetySupervisor(panda_cfg, HZ, cameras=["wrist"], clock=self.clock, fk=panda_fk)
         self.alive = {"camera", "joints", "policy", "driver"}
         self.target = REST.copy()
         self.sup.watchdog.driver_connected(True)
@@ -92,10 +70,10 @@ def hold_delay(loop: Loop, fault_time: float, expected: str):
 
 @pytest.mark.parametrize("offset", [0.0, 0.003, 0.011, 0.0199])
 @pytest.mark.parametrize("fault", ["camera", "joints", "policy_raise", "policy_hang", "driver"])
-def test_fault_holds_within_one_control_period(cfg, fk, fault, offset):
-    loop = Loop(cfg, fk, offset)
+def test_fault_holds_within_one_control_period(panda_cfg, panda_fk, fault, offset):
+    loop = Loop(panda_cfg, panda_fk, offset)
     loop.start()
-    w, wd = loop.sup.watchdog, cfg.watchdog
+    w, wd = loop.sup.watchdog, panda_cfg.watchdog
     if fault == "camera":
         loop.alive.discard("camera")
         fault_time, cause = loop.clock.t - T + wd.camera_timeout_s, "camera_stale"  # last frame on the last tick
@@ -121,12 +99,12 @@ def test_fault_holds_within_one_control_period(cfg, fk, fault, offset):
     assert any(f.cause == cause for f in loop.sup.faults)
 
 
-def test_policy_deadline_miss_holds_and_needs_the_operator_after_recovery(cfg, fk):
-    loop = Loop(cfg, fk)
+def test_policy_deadline_miss_holds_and_needs_the_operator_after_recovery(panda_cfg, panda_fk):
+    loop = Loop(panda_cfg, panda_fk)
     loop.start()
     loop.alive.discard("policy")
     loop.sup.watchdog.policy_started()
-    delay, _, _ = hold_delay(loop, loop.clock.t + cfg.watchdog.policy_deadline_s, "policy_deadline")
+    delay, _, _ = hold_delay(loop, loop.clock.t + panda_cfg.watchdog.policy_deadline_s, "policy_deadline")
     assert delay <= T + 1e-9
     loop.sup.watchdog.policy_finished()  # the late result arrives
     loop.alive.add("policy")
@@ -138,20 +116,20 @@ def test_policy_deadline_miss_holds_and_needs_the_operator_after_recovery(cfg, f
     assert out.resynced and out.mode in (Mode.STARTING, Mode.RUNNING)
 
 
-def test_hold_becomes_a_controlled_stop_after_the_timeout(cfg, fk):
-    loop = Loop(cfg, fk)
+def test_hold_becomes_a_controlled_stop_after_the_timeout(panda_cfg, panda_fk):
+    loop = Loop(panda_cfg, panda_fk)
     loop.start()
     loop.alive.discard("camera")
     loop.run_until(Mode.HOLD)
     held_at = loop.sup.filter.mode_since
     out = loop.run_until(Mode.STOPPED)  # it had braked to rest while holding, so STOPPING lasts no tick
-    assert 0 <= loop.clock.t - T - held_at - cfg.watchdog.stop_after_s <= T + 1e-9
+    assert 0 <= loop.clock.t - T - held_at - panda_cfg.watchdog.stop_after_s <= T + 1e-9
     assert [e.cause for e in out.events] == ["hold_timeout", "stopped"]
     assert loop.sup.filter.at_rest
 
 
-def test_resume_only_with_fresh_inputs_and_operator_consent(cfg, fk):
-    loop = Loop(cfg, fk)
+def test_resume_only_with_fresh_inputs_and_operator_consent(panda_cfg, panda_fk):
+    loop = Loop(panda_cfg, panda_fk)
     loop.start()
     loop.alive.discard("driver")
     loop.sup.watchdog.driver_connected(False, "USB unplugged")
@@ -167,9 +145,9 @@ def test_resume_only_with_fresh_inputs_and_operator_consent(cfg, fk):
     assert loop.tick().mode == Mode.STARTING
 
 
-def test_nothing_starts_before_every_input_has_arrived(cfg, fk):
-    clock = Clock()
-    sup = SafetySupervisor(cfg, HZ, cameras=["wrist"], clock=clock, fk=fk)
+def test_nothing_starts_before_every_input_has_arrived(panda_cfg, panda_fk):
+    clock = Clock(100.0)
+    sup = SafetySupervisor(panda_cfg, HZ, cameras=["wrist"], clock=clock, fk=panda_fk)
     ok, why = sup.resume()
     assert not ok
     for text in ("camera 'wrist'", "joint states", "policy results", "driver not connected"):
@@ -177,20 +155,20 @@ def test_nothing_starts_before_every_input_has_arrived(cfg, fk):
     assert sup.tick(REST, REST, T).command is None
 
 
-def test_a_fault_during_a_pending_resume_cancels_it(cfg, fk):
-    loop = Loop(cfg, fk)
+def test_a_fault_during_a_pending_resume_cancels_it(panda_cfg, panda_fk):
+    loop = Loop(panda_cfg, panda_fk)
     loop.feed()
     assert loop.sup.resume()[0]
     loop.alive.discard("camera")
-    loop.clock.t += cfg.watchdog.camera_timeout_s + 0.001
+    loop.clock.t += panda_cfg.watchdog.camera_timeout_s + 0.001
     out = loop.tick()
     assert out.mode == Mode.IDLE and out.command is None and "camera_stale" in [e.cause for e in out.events]
     loop.alive.add("camera")
     assert loop.tick().mode == Mode.IDLE  # needs a new resume
 
 
-def test_estop_stays_latched_through_faults_and_resumes(cfg, fk):
-    loop = Loop(cfg, fk)
+def test_estop_stays_latched_through_faults_and_resumes(panda_cfg, panda_fk):
+    loop = Loop(panda_cfg, panda_fk)
     loop.start()
     measured = loop.sup.filter.command
     out = loop.sup.estop("keyboard", measured=measured)
@@ -223,8 +201,8 @@ def test_watchdog_reports_each_fault_with_its_onset():
         w.camera_frame("side")
 
 
-def test_a_fault_detected_by_the_caller_holds_and_blocks_resume(cfg, fk):
-    loop = Loop(cfg, fk)
+def test_a_fault_detected_by_the_caller_holds_and_blocks_resume(panda_cfg, panda_fk):
+    loop = Loop(panda_cfg, panda_fk)
     loop.start()
     loop.feed()
     out = loop.sup.tick(loop.target, loop.sup.filter.command, T, fault=TimeoutError("joint state 120 ms old"))
@@ -236,13 +214,13 @@ def test_a_fault_detected_by_the_caller_holds_and_blocks_resume(cfg, fk):
     assert loop.sup.resume()[0]
 
 
-def test_a_loop_with_its_own_input_checks_can_watch_only_the_rest(cfg, fk):
-    clock = Clock()
-    sup = SafetySupervisor(cfg, HZ, cameras=["wrist"], clock=clock, fk=fk, watch=("policy",))
+def test_a_loop_with_its_own_input_checks_can_watch_only_the_rest(panda_cfg, panda_fk):
+    clock = Clock(100.0)
+    sup = SafetySupervisor(panda_cfg, HZ, cameras=["wrist"], clock=clock, fk=panda_fk, watch=("policy",))
     sup.watchdog.policy_finished()
     assert sup.resume()[0]  # no camera, joint state or driver reports needed
     assert sup.tick(REST, REST, T).mode in (Mode.STARTING, Mode.RUNNING)
-    clock.t += cfg.watchdog.policy_stale_s + T  # the policy is still watched
+    clock.t += panda_cfg.watchdog.policy_stale_s + T  # the policy is still watched
     assert sup.tick(REST, REST, T).mode == Mode.HOLD
     with pytest.raises(ValueError, match=r"unknown watchdog inputs \['camera'\]"):
-        Watchdog(cfg.watchdog, watch=("camera",))
+        Watchdog(panda_cfg.watchdog, watch=("camera",))

@@ -4,73 +4,60 @@ and chains it cannot bound (a prismatic joint) fall back to FK every time."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from pirl_robot.safety import Mode, SafetyFilter, load_safety_config
+from pirl_robot.safety import Mode, SafetyFilter
 from pirl_robot.safety.kinematics import EndEffectorFK
 from pirl_robot.safety.workspace import WorkspaceCheck
-from safety_utils import PinocchioFK
+from safety_utils import HZ, REST, T, PinocchioFK
 
-PANDA_YAML = Path(__file__).resolve().parents[1] / "configs" / "robot" / "panda.yaml"
-REST = np.array([0.0, np.pi / 8, 0.0, -np.pi * 5 / 8, 0.0, np.pi * 3 / 4, np.pi / 4, 1.0])
-HZ, T = 50.0, 0.02
+
 pytestmark = pytest.mark.sim  # the independent FK is SAPIEN's Pinocchio model
 
 
 @pytest.fixture(scope="module")
-def cfg():
-    return load_safety_config(PANDA_YAML)
+def pin(panda_cfg):
+    return PinocchioFK(panda_cfg.workspace.urdf, panda_cfg.workspace.ee_link, len(panda_cfg.joints))
 
 
-@pytest.fixture(scope="module")
-def fk(cfg):
-    return SafetyFilter(cfg, HZ).fk
-
-
-@pytest.fixture(scope="module")
-def pin(cfg):
-    return PinocchioFK(cfg.workspace.urdf, cfg.workspace.ee_link, len(cfg.joints))
-
-
-def random_arm(rng, cfg, n):
-    lo = np.array([j.min_position for j in cfg.joints])
-    hi = np.array([j.max_position for j in cfg.joints])
+def random_arm(rng, panda_cfg, n):
+    lo = np.array([j.min_position for j in panda_cfg.joints])
+    hi = np.array([j.max_position for j in panda_cfg.joints])
     return lo + (hi - lo) * rng.random((n, len(lo)))
 
 
-def test_the_reach_bound_holds_and_is_not_vacuous(cfg, fk, pin):
+def test_the_reach_bound_holds_and_is_not_vacuous(panda_cfg, panda_fk, pin):
     rng = np.random.default_rng(0)
-    assert fk.reach is not None and fk.reach.shape == (7,)
-    assert fk.reach[-1] > 0.1 and np.all(np.diff(fk.reach) <= 1e-12)  # farther from the hand, longer lever
-    a = random_arm(rng, cfg, 300)
+    assert panda_fk.reach is not None and panda_fk.reach.shape == (7,)
+    assert panda_fk.reach[-1] > 0.1 and np.all(np.diff(panda_fk.reach) <= 1e-12)  # farther from the hand, longer lever
+    a = random_arm(rng, panda_cfg, 300)
     for scale in (0.02, 0.3, 3.0):  # a tick's step, a braking stop, anywhere in the range
         b = np.clip(a + rng.normal(0, scale, a.shape), a.min(0), a.max(0))
         moved = np.array([np.linalg.norm(pin(x) - pin(y)) for x, y in zip(a, b)])
-        bound = np.abs(a - b) @ fk.reach
+        bound = np.abs(a - b) @ panda_fk.reach
         assert (moved <= bound + 1e-9).all(), (moved - bound).max()
     # one joint at a time, small moves: the bound is within a factor 2 of the truth somewhere (not a loose guess)
     for j in range(4):
         d = np.zeros(7)
         d[j] = 1e-4
-        ratio = max(np.linalg.norm(pin(x + d) - pin(x)) / (fk.reach[j] * 1e-4) for x in a[:100])
+        ratio = max(np.linalg.norm(pin(x + d) - pin(x)) / (panda_fk.reach[j] * 1e-4) for x in a[:100])
         assert 0.5 < ratio <= 1.0 + 1e-6, (j, ratio)
 
 
-def test_numpy_fk_matches_pytorch_kinematics_and_pinocchio(cfg, fk, pin):
+def test_numpy_fk_matches_pytorch_kinematics_and_pinocchio(panda_cfg, panda_fk, pin):
     """The tick's numpy forward pass equals pytorch_kinematics' own and SAPIEN's Pinocchio on random arms."""
-    q = random_arm(np.random.default_rng(1), cfg, 200)
-    ours = fk.positions(q)
-    np.testing.assert_allclose(ours, fk.positions_reference(q), atol=1e-12)
+    q = random_arm(np.random.default_rng(1), panda_cfg, 200)
+    ours = panda_fk.positions(q)
+    np.testing.assert_allclose(ours, panda_fk.positions_reference(q), atol=1e-12)
     np.testing.assert_allclose(ours[:20], np.stack([pin(x) for x in q[:20]]), atol=1e-6)
 
 
-def test_a_check_with_the_bound_answers_like_fk(cfg, fk, pin):
+def test_a_check_with_the_bound_answers_like_fk(panda_cfg, panda_fk, pin):
     rng = np.random.default_rng(1)
-    check = WorkspaceCheck(fk, cfg.workspace.min, cfg.workspace.max)
-    lo, hi = np.array(cfg.workspace.min), np.array(cfg.workspace.max)
+    check = WorkspaceCheck(panda_fk, panda_cfg.workspace.min, panda_cfg.workspace.max)
+    lo, hi = np.array(panda_cfg.workspace.min), np.array(panda_cfg.workspace.max)
     q = np.empty((2000, 7))  # an arm wandering around the rest pose, in and out of the box
     q[0] = REST[:7]
     for k in range(1, len(q)):
@@ -92,9 +79,9 @@ def stream(n, seed):
         yield REST + (down - REST) * max(0.0, np.sin(k / 40)) * 1.2 + (x - REST)
 
 
-def test_the_filter_gives_the_same_commands_with_and_without_the_bound(cfg, fk):
-    with_bound, fk_always = SafetyFilter(cfg, HZ, fk=fk), SafetyFilter(cfg, HZ, fk=fk)
-    fk_always.workspace = WorkspaceCheck(fk, cfg.workspace.min, cfg.workspace.max, use_bound=False)
+def test_the_filter_gives_the_same_commands_with_and_without_the_bound(panda_cfg, panda_fk):
+    with_bound, fk_always = SafetyFilter(panda_cfg, HZ, fk=panda_fk), SafetyFilter(panda_cfg, HZ, fk=panda_fk)
+    fk_always.workspace = WorkspaceCheck(panda_fk, panda_cfg.workspace.min, panda_cfg.workspace.max, use_bound=False)
     causes = set()
     for f in (with_bound, fk_always):
         f.resume()
@@ -120,7 +107,7 @@ PRISMATIC_URDF = """<robot name="lift">
 </robot>"""
 
 
-def test_a_chain_with_a_prismatic_joint_is_always_checked_with_fk(tmp_path, cfg):
+def test_a_chain_with_a_prismatic_joint_is_always_checked_with_fk(tmp_path):
     urdf = tmp_path / "lift.urdf"
     urdf.write_text(PRISMATIC_URDF)
     fk = EndEffectorFK(urdf, "tip", ["lift", "turn"])
