@@ -174,9 +174,16 @@ def model_actions(demos: DemoArrays, spec: PolicySpec) -> torch.Tensor:
     return DeltaActions(mask, index)(batch)["actions"]
 
 
-def compute_stats(demos: DemoArrays, spec: PolicySpec) -> dict[str, Stats]:
+def compute_stats(demos: DemoArrays, spec: PolicySpec, state_min_std: float = 1e-3) -> dict[str, Stats]:
     """Normalisation stats for PolicyTransforms: state over all frames; actions over the non-padded chunk
-    entries AFTER the delta transform (the space the model's actions live in)."""
+    entries AFTER the delta transform (the space the model's actions live in).
+
+    state_min_std floors each state entry's std. A handful of demos can leave an entry that varies at run time
+    nearly constant (two PushCube demos with the cube at the same y): a tiny std then maps every other value
+    to the normalised clip (+-10) and the policy cannot see it. A floor of the scale the state varies on at
+    run time (a few cm, a few hundredths of a rad) keeps it visible."""
     check_matches_spec(demos, spec)
+    if not state_min_std > 0:
+        raise ValueError(f"state_min_std must be > 0, got {state_min_std}")
     acts = model_actions(demos, spec)[torch.from_numpy(~demos.is_pad)]  # (M, A) real steps only
-    return {"state": Stats.of(torch.from_numpy(demos.state)), "actions": Stats.of(acts)}
+    return {"state": Stats.of(torch.from_numpy(demos.state), min_std=state_min_std), "actions": Stats.of(acts)}
