@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -55,18 +56,27 @@ def run_verb(verb: str, config_name: str, doc: str, run: Callable[[DictConfig], 
     return 0
 
 
+def check_keys(data: Any, allowed, where: str, error: type[ValueError] | None = None) -> None:
+    """Refuse a non-mapping or keys outside `allowed`, naming the section and the keys it knows.
+
+    Every config reader (Hydra dataclasses, the safety YAML, the simulator task configs) uses this one check, so
+    a typo reads the same everywhere: "<where>: unknown keys ['x']; known: [...]"."""
+    error = error or ConfigError
+    if not isinstance(data, Mapping):
+        raise error(f"{where}: expected a mapping, got {type(data).__name__}")
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        raise error(f"{where}: unknown keys {unknown}; known: {sorted(allowed)}")
+
+
 def to_dataclass(cls, data: Any, where: str = ""):
     """Build dataclass `cls` from a mapping, recursing into dataclass-typed fields; unknown keys are errors."""
     if isinstance(data, DictConfig):
         data = OmegaConf.to_container(data, resolve=True)
     if data is None:
         data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {type(data).__name__}")
     known = {f.name: f for f in fields(cls)}
-    unknown = set(data) - set(known)
-    if unknown:
-        raise ConfigError(f"{where or cls.__name__}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
+    check_keys(data, known, where or cls.__name__)
     kwargs = {}
     for k, v in data.items():
         default = getattr(cls, k, None) if not callable(getattr(cls, k, None)) else None

@@ -35,7 +35,7 @@ def test_spec_and_config_are_checked():
         LiberoConfig(obs_mode="depth")
     with pytest.raises(ValueError, match="exec_horizon"):
         LiberoConfig(chunk_size=4, exec_horizon=5)
-    with pytest.raises(ValueError, match="unknown LIBERO config keys"):
+    with pytest.raises(ValueError, match=r"LIBERO config: unknown keys"):
         LiberoConfig.from_dict({"suite": "libero_object", "horizon": 3})
     with pytest.raises(SuiteError, match="unknown LIBERO suite"):
         task_spec(LiberoConfig(suite="libero_nope"))

@@ -52,10 +52,10 @@ def joint0(**changes):
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda s: s.update(max_speed=1.0), r"safety: unknown key\(s\) \['max_speed'\]"),
-    (joint0(max_vel=1.0), r"safety.joints\[0\] \(panda_joint1\): unknown key\(s\) \['max_vel'\]"),
-    (lambda s: s["workspace"].update(frame="world"), r"safety.workspace: unknown key\(s\) \['frame'\]"),
-    (lambda s: s["watchdog"].update(camera_timeout=0.1), r"safety.watchdog: unknown key\(s\) \['camera_timeout'\]"),
+    (lambda s: s.update(max_speed=1.0), r"safety: unknown keys \['max_speed'\]"),
+    (joint0(max_vel=1.0), r"safety.joints\[0\] \(panda_joint1\): unknown keys \['max_vel'\]"),
+    (lambda s: s["workspace"].update(frame="world"), r"safety.workspace: unknown keys \['frame'\]"),
+    (lambda s: s["watchdog"].update(camera_timeout=0.1), r"safety.watchdog: unknown keys \['camera_timeout'\]"),
     (joint0(min_position=1.0, max_position=-1.0), r"min_position 1.0 must be < max_position -1.0"),
     (joint0(max_velocity=-1.0), r"safety.joints\[0\] \(panda_joint1\).max_velocity must be > 0, got -1.0"),
     (joint0(max_acceleration=0), r"max_acceleration must be > 0, got 0"),

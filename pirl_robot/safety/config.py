@@ -19,6 +19,7 @@ from typing import Any, Mapping
 import numpy as np
 import yaml
 
+from pirl_robot.config import check_keys
 from pirl_robot.spec import PolicySpec
 
 _REQUIRED = object()
@@ -31,11 +32,7 @@ class SafetyConfigError(ValueError):
 
 
 def _check_keys(d: Mapping[str, Any], allowed: set[str], where: str) -> None:
-    if not isinstance(d, Mapping):
-        raise SafetyConfigError(f"{where}: expected a mapping, got {type(d).__name__}")
-    unknown = sorted(set(d) - allowed)
-    if unknown:
-        raise SafetyConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+    check_keys(d, allowed, where, SafetyConfigError)
 
 
 def _num(d: Mapping[str, Any], key: str, where: str, default: Any = _REQUIRED, *, positive: bool = False,

@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from pirl_robot.config import check_keys
+
 OBS_MODES = ("state", "rgb")
 CAMERAS = ("agentview", "wrist")
 GL_BACKENDS = ("egl", "osmesa")
@@ -71,10 +73,7 @@ class LiberoConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "LiberoConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown LIBERO config keys: {sorted(unknown)}; known: {sorted(known)}")
+        check_keys(d, {f.name for f in fields(cls)}, "LIBERO config")
         d = dict(d)
         for key in ("task_ids", "cameras"):
             if key in d and d[key] is not None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from pirl_robot.config import check_keys
+
 TASKS = ("PushCube-v1", "PickCube-v1")
 OBS_MODES = ("state", "rgb")
 REWARD_MODES = ("normalized_dense", "dense", "sparse")
@@ -53,10 +55,7 @@ class TaskConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TaskConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown ManiSkill task config keys: {sorted(unknown)}; known: {sorted(known)}")
+        check_keys(d, {f.name for f in fields(cls)}, "ManiSkill task config")
         return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:
