@@ -11,7 +11,8 @@ PATH (or checkpoint=PATH) is a checkpoint directory (policy.json) or an exported
 
 Episodes start from seeds seed_base, seed_base + 1, ...; on LIBERO seed i is standard init state i (mod 50), so
 the default 50 episodes per task visit each standard init state once (the LIBERO protocol). Actions come from
-the deterministic ODE sampler (the deployment sampler) with fixed initial noise (noise_seed). Each task gets its
+the deterministic ODE sampler (the deployment sampler) with fixed initial noise (noise_seed); `sampler.mode=sde`
+(with sampler.noise_level, sampler.first_stochastic_step) evaluates an RL rollout sampler instead. Each task gets its
 success rate with a 95% Wilson interval; the suite line pools all episodes (tasks have equal counts, so this
 is also the mean over tasks). Writes results.json and results.md to output_dir.
 
@@ -23,16 +24,20 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
 import sys
 import time
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from pirl_robot.config import ConfigError, run_verb
+
+if TYPE_CHECKING:
+    from pirl_robot.flow.sampler import ChainConfig
 
 
 class EpisodeObserver(Protocol):
@@ -179,9 +184,20 @@ def results_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def eval_sampler(saved: ChainConfig, override) -> ChainConfig:
+    """The sampler to evaluate with: the policy's own (ODE, its step count) unless `override` (the eval config's
+    sampler section) asks for another mode; unknown keys or bad values give a ConfigError."""
+    from pirl_robot.config import to_dataclass
+    from pirl_robot.flow.sampler import ChainConfig
+
+    override = OmegaConf.to_container(override, resolve=True) if isinstance(override, DictConfig) else dict(override or {})
+    return to_dataclass(ChainConfig, {**asdict(saved), **override}, "sampler")
+
+
 def run(cfg: DictConfig) -> dict:
     torch.manual_seed(cfg.noise_seed)
     policy = load_any(cfg.checkpoint)
+    policy.sampler = eval_sampler(policy.sampler, cfg.get("sampler"))
     out = Path(cfg.output_dir)
     observers = []
     if cfg.get("rerun") and cfg.rerun.get("dir"):  # the deploy view's Rerun layout, one .rrd per episode
@@ -192,6 +208,7 @@ def run(cfg: DictConfig) -> dict:
                               noise_seed=cfg.noise_seed, video=OmegaConf.to_container(cfg.video, resolve=True),
                               observers=observers, log=print if cfg.progress else (lambda *a: None))
     results["checkpoint"] = str(cfg.checkpoint)
+    results["sampler"] = asdict(policy.sampler)
     results["config"] = OmegaConf.to_container(cfg, resolve=True)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1))

@@ -124,3 +124,27 @@ def test_sampler_settings_load_with_the_old_option_name_and_refuse_unknown_ones(
     (tmp_path / "old" / "policy.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match=r"sampler settings: unknown keys \['warp_factor'\]"):
         Policy.load(tmp_path / "old")
+
+
+def test_pirl_eval_sampler_section_picks_the_sampler_and_refuses_bad_settings():
+    from pirl_robot.config import ConfigError, compose
+    from pirl_robot.evaluate import eval_sampler
+    from pirl_robot.flow.sampler import ChainConfig
+
+    saved = ChainConfig(num_steps=5, mode="ode")
+    default = compose("eval", ["checkpoint=unused"]).sampler
+    assert eval_sampler(saved, default) == ChainConfig(num_steps=5, mode="ode", noise_level=0.5)  # the deployed one
+    rollout = eval_sampler(saved, {**default, "mode": "sde", "noise_level": 1.0, "first_stochastic_step": 4})
+    assert (rollout.num_steps, rollout.mode, rollout.noise_level, rollout.first_stochastic_step) == (5, "sde", 1.0, 4)
+    policy = make_policy()
+    raw = policy.to_batch({"state": np.zeros((3, policy.spec.state_dim), np.float32)})
+    noise = torch.randn(3, policy.spec.chunk_size, policy.spec.action_dim, generator=torch.Generator().manual_seed(0))
+    ode = policy.sample(raw, noise=noise)[0].actions
+    sde = policy.sample(raw, eval_sampler(policy.sampler, {"mode": "sde", "first_stochastic_step": 3}), noise=noise,
+                        generator=torch.Generator().manual_seed(1))[0]
+    assert torch.equal(sde.xs[:, :4], policy.sample(raw, noise=noise)[0].xs[:, :4])  # ODE up to the last step
+    assert not torch.allclose(sde.actions, ode)  # which is stochastic
+    with pytest.raises(ConfigError, match=r"sampler: unknown keys \['nose_level'\]"):
+        eval_sampler(saved, {"nose_level": 1.0})
+    with pytest.raises(ConfigError, match="first_stochastic_step=5"):
+        eval_sampler(saved, {"mode": "sde", "first_stochastic_step": 5})

@@ -26,6 +26,9 @@ def test_pirl_eval_writes_the_deploy_layout(tmp_path):
     assert main([str(tmp_path / "ckpt"), "env=maniskill_pushcube", "env.maniskill.max_episode_steps=12",
                  "env.num_workers=1", "episodes=3", "num_envs=2", f"rerun.dir={rrd}", "rerun.episodes=null",
                  f"output_dir={tmp_path / 'out'}", "progress=false"]) == 0
+    import json
+
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["sampler"]["mode"] == "ode"  # the default
     files = sorted(rrd.glob("*/*.rrd"))
     assert [p.name for p in files] == ["seed_000000.rrd", "seed_000001.rrd", "seed_000002.rrd"]
     for path in files:
