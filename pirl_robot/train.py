@@ -40,7 +40,7 @@ def algo_config(cfg: DictConfig) -> AlgoConfig:
 def build_policy(cfg: DictConfig, spec, demos) -> Policy:
     from pirl_robot.data.demos import compute_stats
 
-    stats = compute_stats(demos, spec, state_min_std=cfg.demos.get("state_min_std", 1e-3))
+    stats = compute_stats(demos, spec, state_min_std=cfg.demos.state_min_std)
     model = build_model(cfg.policy.kind, OmegaConf.to_container(cfg.policy.model, resolve=True), spec)
     return Policy(spec=spec, model=model.to(cfg.device), transforms=PolicyTransforms(spec, stats["state"], stats["actions"]),
                   sampler=ChainConfig(num_steps=cfg.algo.chain.num_steps, mode="ode"), model_kind=cfg.policy.kind)

@@ -84,6 +84,26 @@ def test_stats_are_of_delta_actions_and_feed_the_policy_transforms(push_demos):
     assert torch.equal(model_actions(demos, spec)[..., 7], torch.from_numpy(demos.actions[..., 7]))
 
 
+def test_state_std_floor_keeps_entries_the_demos_did_not_vary_visible(push_demos):
+    demos = load_demos(push_demos, chunk_size=H)
+    raw = compute_stats(demos, demos.spec, state_min_std=1e-3)["state"]
+    floored = compute_stats(demos, demos.spec, state_min_std=0.05)["state"]
+    np.testing.assert_array_equal(floored.std.numpy(), np.maximum(raw.std.numpy(), 0.05))
+    assert (raw.std < 0.05).any() and (raw.std > 0.05).any()  # the floor changes some entries and keeps others
+    # a run-time value 5 cm off a near-constant demo entry stays inside the clip, where the policy can read it
+    names = demos.spec.state_names
+    j = min((i for i, n in enumerate(names) if n.startswith("goal_pos")), key=lambda i: raw.std[i].item())
+    assert raw.std[j] < 0.005  # the goal's height never changes in the demos
+    state = torch.from_numpy(demos.state[:1].copy())
+    state[0, j] += 0.05
+    for stats, visible in ((raw, False), (floored, True)):
+        tf = PolicyTransforms(demos.spec, stats, compute_stats(demos, demos.spec)["actions"])
+        z = tf.inputs({"state": state})["state"][0, j].abs().item()
+        assert (z < 10.0) == visible
+    with pytest.raises(ValueError, match="state_min_std"):
+        compute_stats(demos, demos.spec, state_min_std=0.0)
+
+
 def test_recorded_actions_replay_to_success_in_the_simulator(push_demos):
     demos = load_demos(push_demos, chunk_size=1)
     side = json.loads((push_demos / "meta" / "pirl_sim.json").read_text())
