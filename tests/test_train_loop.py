@@ -73,6 +73,21 @@ def test_short_seeded_run_does_not_diverge(setup, tmp_path, name):
     assert out["actions"].shape == (spec.chunk_size, spec.action_dim)
 
 
+def test_linear_lr_schedule_falls_to_zero_at_the_last_iteration(setup, tmp_path):
+    from dataclasses import replace
+
+    spec, stats, env = setup
+    model = build_model("flow_mlp", {"hidden": 32, "token_dim": 8, "obs_dim": 16}, spec)
+    policy = Policy(spec, model, PolicyTransforms(spec, stats["state"], stats["actions"]))
+    algo = replace(ALGOS["flow_sde_ppo"], lr_schedule="linear", actor_lr=3e-4, critic_lr=1e-3)
+    trainer = Trainer(policy, env, algo, tmp_path, max_chunks=8, eval_every=0, save_every=0, progress=False)
+    history = trainer.train(3)
+    assert [r["lr_frac"] for r in history] == pytest.approx([1.0, 2 / 3, 1 / 3])
+    assert [g["lr"] for g in trainer.optimizer.param_groups] == pytest.approx([1e-4, 1e-3 / 3])
+    with pytest.raises(ValueError, match="lr_schedule"):
+        replace(algo, lr_schedule="cosine")
+
+
 def test_pirl_train_writes_outputs_and_resumes(tmp_path, capsys):
     args = [f"output_dir={tmp_path}/run", f"demos.root={tmp_path}/demos", "demos.episodes=2", "env.num_envs=2",
             "sft.steps=10", "eval.episodes=2", "eval.every=0", "save_every=1", "progress=false",
@@ -90,6 +105,17 @@ def test_pirl_train_writes_outputs_and_resumes(tmp_path, capsys):
     assert summary["iterations"] == 2
     assert [r["iteration"] for r in rows if r["kind"] == "train"] == [1, 2]
     assert sum(r.get("tag") == "sft" for r in rows) == 1
+
+
+def test_the_measured_experiment_preset_composes_into_a_valid_run():
+    from pirl_robot.config import compose
+    from pirl_robot.train import algo_config
+
+    for algo in ("flow_sde_ppo", "flow_noise_ppo"):
+        cfg = compose("train", ["+experiment=pushcube_2demos", f"algo={algo}", "seed=1"])
+        a = algo_config(cfg)
+        assert (cfg.demos.episodes, a.chain.first_stochastic_step, a.chain.num_steps) == (2, 3, 4)
+        assert cfg.output_dir == f"outputs/pushcube_2demos_{algo}_s1" and cfg.demos.state_min_std == 0.05
 
 
 def test_malformed_config_is_a_clear_error(capsys):

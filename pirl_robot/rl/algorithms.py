@@ -40,6 +40,9 @@ class AlgoConfig:
     max_grad_norm: float = 1.0
     normalize_advantages: bool = True
     target_kl: float | None = None  # stop the epoch loop early when approx KL exceeds it
+    # "linear": both learning rates fall linearly to 0 at the run's last iteration (rl.iterations), so the
+    # policy settles instead of ending on an oscillation; resuming with more iterations stretches the schedule.
+    lr_schedule: str = "constant"
 
     def __post_init__(self) -> None:
         if self.kind not in ("ppo", "grpo", "stepnft"):
@@ -49,6 +52,8 @@ class AlgoConfig:
         if self.kind == "stepnft" and abs(self.chain.noise_level - self.stepnft.noise_level) > 1e-9:
             raise ValueError(f"π-StepNFT's branch energies must use the rollout's noise level: chain.noise_level="
                              f"{self.chain.noise_level} != stepnft.noise_level={self.stepnft.noise_level}")
+        if self.lr_schedule not in ("constant", "linear"):
+            raise ValueError(f"lr_schedule must be 'constant' or 'linear', got {self.lr_schedule!r}")
         if self.kind in ("ppo", "grpo") and self.chain.mode == "ode":
             raise ValueError(f"{self.kind} needs a stochastic chain (mixed, sde or noise), not ode")
 

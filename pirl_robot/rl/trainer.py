@@ -59,6 +59,7 @@ class Trainer:
                 raise ValueError(f"{algo.kind} needs a value head; the model has none")
             groups.append({"params": model.value_parameters(), "lr": algo.critic_lr})
         self.optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.95), weight_decay=0.01)
+        self.base_lrs = [g["lr"] for g in groups]  # the configured rates (a resumed optimizer keeps its last ones)
         self.obs = None
 
     # --- seeds: training episodes use a stream disjoint from evaluation seeds (which start at 10**6) ---------
@@ -80,6 +81,13 @@ class Trainer:
         row = {"kind": "eval", "tag": tag, "iteration": self.iteration, "env_steps": self.env_steps, **r}
         self._log(row)
         return row
+
+    def set_learning_rate(self, iterations: int) -> float:
+        """Learning rates for the coming update (iteration self.iteration of `iterations`); returns the factor."""
+        frac = 1.0 if self.cfg.lr_schedule == "constant" else max(0.0, 1.0 - self.iteration / max(iterations, 1))
+        for g, lr in zip(self.optimizer.param_groups, self.base_lrs):
+            g["lr"] = lr * frac
+        return frac
 
     def update(self, rollout) -> dict:
         model, c = self.policy.model, self.cfg
@@ -119,6 +127,7 @@ class Trainer:
             t0 = time.perf_counter()
             rollout = self.algo.collect(self)
             t_collect = time.perf_counter() - t0
+            lr_frac = self.set_learning_rate(iterations)
             stats = self.update(rollout)
             self.iteration += 1
             self.env_steps += rollout.env_steps
@@ -128,7 +137,7 @@ class Trainer:
                    "success_rate": float(np.mean([e["success"] for e in eps])) if eps else float("nan"),
                    "mean_return": float(np.mean([e["return"] for e in eps])) if eps else float("nan"),
                    "collect_steps_per_s": rollout.env_steps / max(t_collect, 1e-9),
-                   "iter_seconds": time.perf_counter() - t0, **stats}
+                   "iter_seconds": time.perf_counter() - t0, "lr_frac": lr_frac, **stats}
             self._log(row)
             bar.update(1)
             bar.set_postfix(succ=f"{row['success_rate']:.2f}", ret=f"{row['mean_return']:.2f}",
