@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
@@ -190,7 +190,9 @@ def eval_sampler(saved: ChainConfig, override) -> ChainConfig:
     from pirl_robot.config import to_dataclass
     from pirl_robot.flow.sampler import ChainConfig
 
-    override = OmegaConf.to_container(override, resolve=True) if isinstance(override, DictConfig) else dict(override or {})
+    if isinstance(override, DictConfig):
+        override = OmegaConf.to_container(override, resolve=True)
+    override = dict(override or {})
     return to_dataclass(ChainConfig, {**asdict(saved), **override}, "sampler")
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from pirl_robot.flow.sampler import ChainConfig, chain_log_prob
@@ -40,8 +39,8 @@ class AlgoConfig:
     max_grad_norm: float = 1.0
     normalize_advantages: bool = True
     target_kl: float | None = None  # stop the epoch loop early when approx KL exceeds it
-    # "linear": both learning rates fall linearly to 0 at the run's last iteration (rl.iterations), so the
-    # policy settles instead of ending on an oscillation; resuming with more iterations stretches the schedule.
+    # "linear": both learning rates fall linearly to 0 at the run's last iteration (rl.iterations); resuming with
+    # more iterations stretches the schedule. (Tried against a late swing on PushCube: not better, benchmarks.md.)
     lr_schedule: str = "constant"
 
     def __post_init__(self) -> None:
