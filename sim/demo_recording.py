@@ -16,9 +16,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+from pirl_robot.data.demos import SIDECAR  # pirl's own record next to lerobot's files; the reader owns the name
 from pirl_robot.spec import PolicySpec
 
-SIDECAR = "meta/pirl_sim.json"  # pirl's own record next to lerobot's files (config, spec, expert, episodes)
 Frame = dict[str, np.ndarray]  # observation.state, action, next.reward, observation.images.<cam>
 
 

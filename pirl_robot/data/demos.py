@@ -25,7 +25,7 @@ from pirl_robot.spec import PolicySpec
 from pirl_robot.transforms import DeltaActions, Stats
 
 IMAGE_PREFIX = "observation.images."
-SIDECAR = "meta/pirl_sim.json"  # written by sim/maniskill/demos.py: task config, spec, episode seeds
+SIDECAR = "meta/pirl_sim.json"  # written by sim/demo_recording.py: task config, spec, expert, episodes
 
 
 class DemoDataError(ValueError):
