@@ -1,17 +1,20 @@
-"""Chunk latency and one PPO update step of pi0 / pi0.5: our step-wise RL path against lerobot's predict_action_chunk.
+"""pi0 / pi0.5 chunk latency, throughput, MFU and the PPO update: lerobot's eager path against our fast path.
 
-    python bench/bench_vla.py --tiny                          # CPU smoke run (tiny widths, 32 px)
-    python bench/bench_vla.py --device cuda                   # real size (PaliGemma 3B + 300M expert), bf16 autocast
-    python bench/bench_vla.py --device cuda --kind pi05 --batch 32 --ppo-batch 64 --steps 4 --chunk 50
+    python bench/bench_vla.py --tiny                          # CPU smoke run (tiny widths, 32 px): a few seconds
+    python bench/bench_vla.py --device cuda                   # real size (PaliGemma 3B + 300M expert), < 8 min
+    python bench/bench_vla.py --device cuda --kind pi0 --batch 1 8 --steps 4 --no-lerobot
 
-Both paths run on the same model object and weights. "ours" = encode (prefix KV cache once) + K-step ODE chain
-through lerobot's denoise_step; "lerobot" = PI0Policy.predict_action_chunk at its stock 10 steps and at K steps.
-Real size is timed twice: fp32 weights under bf16 autocast (the RL setup), then after lerobot's own bf16 weight
-cast (its stock inference setup). The PPO step is rollout-free: it scores stored chains (mode mixed or noise) with
-gradients through the action expert, a clipped surrogate + Huber value loss, AdamW; it reports time and peak memory.
-Tokens are padded to a fixed length, so latency does not depend on the tokenizer: without the PaliGemma tokenizer
-in the local cache a word-level stand-in is built (noted in the output). Results: table on stdout, JSON under
-bench/results/.
+Paths, on one model object and one set of weights (random; real widths):
+  eager fp32+amp  lerobot's embed_prefix / denoise_step with fp32 weights under bf16 autocast (today's RL setup)
+  eager bf16      the same after lerobot's own bf16 weight cast (its stock inference setup)
+  fast bf16       models/pi0_fast.py (static K/V buffers, SDPA, masks built once) with bf16 weights, replayed as
+                  CUDA graphs (one capture per batch size; the capture time is the start-up cost, printed)
+  lerobot         PI0Policy.predict_action_chunk at its stock K=10 (batch <= 8), for reference
+For every batch and K: median ms per chunk, chunks/s, the prefix's and the chunk's TFLOP/s and MFU (FLOPs counted
+by torch's FlopCounterMode on the same call; peak = the GPU's dense bf16 datasheet rate). The PPO update (stored
+chains, clipped surrogate + Huber value loss, AdamW, minibatch --ppo-batch) runs eager (fp32 backbone, prefix with
+autograd bookkeeping) and fast (bf16 frozen backbone, prefix rebuilt without gradients, suffix through SDPA), with
+time, TFLOP/s, MFU and peak memory. Results: a table on stdout, JSON under bench/results/.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from pirl_robot.flow import ChainConfig, chain_log_prob, sample_chain
 from pirl_robot.models.factory import build_model
@@ -33,28 +37,29 @@ from pirl_robot.models.tokenizer import PALIGEMMA_TOKENIZER, TokenizerMissingErr
 from pirl_robot.spec import CameraSpec, PolicySpec
 
 TASKS = ["pick up the red cube and place it on the green target", "push the cube to the goal"]
+DENSE_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "4090": 165.0}
 
 
 def parse() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n".join(__doc__.split("\n")[1:5]))
     p.add_argument("--kind", nargs="+", default=["pi0", "pi05"], choices=["pi0", "pi05"])
     p.add_argument("--tiny", action="store_true", help="tiny test widths (CPU)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--batch", type=int, default=None, help="observations per chunk inference (default 8; tiny 4)")
+    p.add_argument("--batch", type=int, nargs="+", default=None, help="observations per chunk (default 1 8 64)")
+    p.add_argument("--steps", type=int, nargs="+", default=[4, 10], help="denoising steps K")
     p.add_argument("--ppo-batch", type=int, default=None, help="PPO minibatch (default 16; tiny 8)")
-    p.add_argument("--steps", type=int, default=4, help="denoising steps K of the RL path")
     p.add_argument("--chunk", type=int, default=None, help="chunk size H (default 50; tiny 8)")
     p.add_argument("--cameras", type=int, default=2)
     p.add_argument("--image-size", type=int, default=None, help="camera pixels (default 224; tiny 32)")
     p.add_argument("--mode", default="mixed", choices=["mixed", "noise"], help="PPO chain mode")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--no-autocast", action="store_true", help="fp32 compute at real size")
-    p.add_argument("--checkpointing", action="store_true", help="activation checkpointing in the PPO step")
+    p.add_argument("--no-lerobot", action="store_true", help="skip predict_action_chunk")
     p.add_argument("--tokenizer", default=PALIGEMMA_TOKENIZER)
     p.add_argument("--out", default="bench/results")
     a = p.parse_args()
-    a.batch = a.batch or (4 if a.tiny else 8)
+    a.batch = a.batch or ([1, 4] if a.tiny else [1, 8, 64])
     a.ppo_batch = a.ppo_batch or (8 if a.tiny else 16)
     a.chunk = a.chunk or (8 if a.tiny else 50)
     a.image_size = a.image_size or (32 if a.tiny else 224)
@@ -67,7 +72,7 @@ def sync(device: torch.device) -> None:
 
 
 def timed(fn, device: torch.device, repeats: int, warmup: int) -> float:
-    """Median wall time of fn() in milliseconds."""
+    """Median wall time of fn() in milliseconds (the GPU drained before and after each call)."""
     for _ in range(warmup):
         fn()
     times = []
@@ -78,6 +83,19 @@ def timed(fn, device: torch.device, repeats: int, warmup: int) -> float:
         sync(device)
         times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
+
+
+def flops(fn) -> float:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
+def peak_tflops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in DENSE_BF16_TFLOPS.items() if k in name), None)
 
 
 def tokenizer_path(args, tmp: Path) -> tuple[str, str]:
@@ -96,61 +114,111 @@ def make_spec(args) -> PolicySpec:
                       cameras=cams, chunk_size=args.chunk, exec_horizon=args.chunk, instruction=TASKS[0])
 
 
-def make_batch(spec: PolicySpec, b: int, device: torch.device) -> dict:
-    g = torch.Generator(device="cpu").manual_seed(0)
-    batch = {"state": (torch.rand(b, spec.state_dim, generator=g) * 2 - 1).to(device),
-             "instruction": [TASKS[i % 2] for i in range(b)]}
+def make_batch(model, spec: PolicySpec, b: int, device: torch.device) -> dict:
+    """Observations with pre-tokenised prompts (what a rollout worker stores), so tokenising is not timed."""
+    g = torch.Generator(device="cpu").manual_seed(b)
+    batch = {"state": (torch.rand(b, spec.state_dim, generator=g) * 2 - 1).to(device)}
     for c in spec.cameras:
         batch[f"images.{c.name}"] = torch.rand(b, 3, c.height, c.width, generator=g).to(device)
+    batch.update(model.tokenize([TASKS[i % 2] for i in range(b)], batch["state"]))
     return batch
 
 
-def lerobot_batch(model, batch: dict) -> dict:
+def lerobot_batch(batch: dict) -> dict:
     out = {f"observation.{k}": v for k, v in batch.items() if k.startswith("images.")}
     out["observation.state"] = batch["state"]
-    lang = model.tokenize(batch["instruction"], batch["state"])
-    out["observation.language.tokens"], out["observation.language.attention_mask"] = lang["lang_tokens"], \
-        lang["lang_mask"]
+    out["observation.language.tokens"], out["observation.language.attention_mask"] = batch["lang_tokens"], \
+        batch["lang_mask"]
     return out
 
 
-def latency(model, spec, args, device, autocast: bool) -> dict[str, float]:
-    batch = make_batch(spec, args.batch, device)
-    lr = lerobot_batch(model, batch)
-    ode = ChainConfig(num_steps=args.steps, mode="ode")
-    amp = torch.autocast(device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+class Table:
+    def __init__(self, peak: float | None):
+        self.rows: list[dict] = []
+        self.peak = peak
+
+    def add(self, kind: str, path: str, what: str, b: int, k: int | None, ms: float, flop: float | None = None,
+            **extra) -> None:
+        row = {"model": kind, "path": path, "measure": what, "batch": b, "K": k, "ms": ms,
+               "per_s": 1e3 / ms * (b if what == "chunk" else 1)}
+        if flop:
+            row["tflops"] = flop / (ms * 1e-3) / 1e12
+            row["mfu"] = row["tflops"] / self.peak if self.peak else None
+        row.update(extra)
+        self.rows.append(row)
+        print(self.format(row), flush=True)
+
+    @staticmethod
+    def format(r: dict) -> str:
+        tf = f"{r['tflops']:.1f}" if r.get("tflops") else "-"
+        mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "-"
+        mem = f"{r['peak_gib']:.1f}" if r.get("peak_gib") is not None else "-"
+        rate = f"{r['per_s']:.1f}"
+        return (f"| {r['model']} | {r['path']} | {r['measure']} | {r['batch']} | {r['K'] or '-'} | {r['ms']:.2f} | "
+                f"{rate} | {tf} | {mfu} | {mem} |")
+
+
+def bench_chunks(model, spec, args, device, table: Table, kind: str, path: str) -> None:
+    """Chunk latency per batch and K, and the prefix alone (encode) per batch."""
     model.eval()
+    for b in args.batch:
+        batch = make_batch(model, spec, b, device)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            model.encode(batch)  # first call: captures the prefix graph on the fast path
+        sync(device)
+        first_ms = (time.perf_counter() - t0) * 1e3
+        graphs_before = model._graphs.capture_seconds() if getattr(model, "_graphs", None) else 0.0
 
-    @torch.no_grad()
-    def ours():
-        sample_chain(model, model.encode(batch), ode)
+        def encode():
+            with torch.no_grad():
+                return model.encode(batch)
 
-    @torch.no_grad()
-    def ours_pretokenised():  # what a rollout worker does when it stores the tokens with the observation
-        sample_chain(model, model.encode({**batch, "lang_tokens": lr["observation.language.tokens"],
-                                          "lang_mask": lr["observation.language.attention_mask"]}), ode)
+        prefix_flop = flops(encode) if "fast" not in path else None
+        ms = timed(encode, device, args.repeats, args.warmup)
+        table.add(kind, path, "prefix", b, None, ms, prefix_flop or table_flop_cache.get((kind, "prefix", b)),
+                  first_call_ms=first_ms)
+        if prefix_flop:
+            table_flop_cache[(kind, "prefix", b)] = prefix_flop
+        for k in args.steps:
+            ode = ChainConfig(num_steps=k, mode="ode")
 
-    def theirs(k: int):
-        def run():
-            model.policy.config.num_inference_steps = k
-            with amp:
-                model.policy.predict_action_chunk(lr)
-        return run
+            def chunk():
+                with torch.no_grad():
+                    return sample_chain(model, model.encode(batch), ode)
 
+            chunk_flop = flops(chunk) if "fast" not in path else None
+            if chunk_flop:
+                table_flop_cache[(kind, "chunk", b, k)] = chunk_flop
+            ms = timed(chunk, device, args.repeats, args.warmup)
+            table.add(kind, path, "chunk", b, k, ms, chunk_flop or table_flop_cache.get((kind, "chunk", b, k)))
+        if getattr(model, "_graphs", None):
+            table.rows[-1]["graph_capture_s"] = model._graphs.capture_seconds() - graphs_before
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+table_flop_cache: dict[tuple, float] = {}
+
+
+def bench_lerobot(model, spec, args, device, table: Table, kind: str, autocast: bool) -> None:
+    amp = torch.autocast(device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
     stock = model.policy.config.num_inference_steps
-    out = {f"ours K={args.steps} (incl. tokenise)": timed(ours, device, args.repeats, args.warmup),
-           f"ours K={args.steps} (pre-tokenised)": timed(ours_pretokenised, device, args.repeats, args.warmup),
-           f"lerobot predict_action_chunk K={stock}": timed(theirs(stock), device, args.repeats, args.warmup),
-           f"lerobot predict_action_chunk K={args.steps}": timed(theirs(args.steps), device, args.repeats,
-                                                                 args.warmup)}
-    model.policy.config.num_inference_steps = stock
-    return out
+    for b in [b for b in args.batch if b <= 8]:
+        lr = lerobot_batch(make_batch(model, spec, b, device))
+
+        def run():
+            with amp, torch.no_grad():
+                model.policy.predict_action_chunk(lr)
+
+        table.add(kind, "lerobot predict_action_chunk", "chunk", b, stock, timed(run, device, args.repeats,
+                                                                                 args.warmup))
 
 
-def ppo_step(model, spec, args, device) -> dict[str, float]:
+def bench_ppo(model, spec, args, device, table: Table, kind: str, path: str) -> None:
     """One PPO minibatch update on stored chains (the cost the trainer pays per minibatch)."""
-    cfg = ChainConfig(num_steps=args.steps, mode=args.mode)
-    batch = make_batch(spec, args.ppo_batch, device)
+    cfg = ChainConfig(num_steps=args.steps[0], mode=args.mode)
+    batch = make_batch(model, spec, args.ppo_batch, device)
     model.eval()
     with torch.no_grad():
         ctx = model.encode(batch)
@@ -177,64 +245,73 @@ def ppo_step(model, spec, args, device) -> dict[str, float]:
         torch.nn.utils.clip_grad_norm_(model.policy_parameters() + model.value_parameters(), 1.0)
         opt.step()
 
+    update()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    f = flops(update)
     ms = timed(update, device, args.repeats, args.warmup)
-    out = {f"PPO update ({args.mode}, minibatch {args.ppo_batch})": ms}
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    table.add(kind, path, f"PPO update ({args.mode})", args.ppo_batch, cfg.num_steps, ms, f, peak_gib=peak)
+    del opt
+    model.zero_grad(set_to_none=True)
     if device.type == "cuda":
-        out["PPO peak GPU memory (GiB)"] = torch.cuda.max_memory_allocated(device) / 2**30
-    return out
+        torch.cuda.empty_cache()
 
 
 def main() -> None:
     args = parse()
     device = torch.device(args.device)
+    from pirl_robot.models.pi0 import lerobot_policy_class
     from pirl_robot.models.tiny_vla import tiny_options
 
-    rows: list[tuple[str, str, float]] = []
+    table = Table(peak_tflops(device))
+    started = time.perf_counter()
+    print("| model | path | measure | batch | K | ms | chunks/s (updates/s) | TFLOP/s | MFU | peak GiB |\n"
+          "|---|---|---|---|---|---|---|---|---|---|", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         tok, tok_note = tokenizer_path(args, Path(tmp))
         spec = make_spec(args)
         for kind in args.kind:
-            autocast = device.type == "cuda" and not args.no_autocast and not args.tiny
+            real_gpu = device.type == "cuda" and not args.tiny
             opts = (tiny_options(spec, tok, max_state_dim=32, max_action_dim=32) if args.tiny else
-                    {"tokenizer": tok, "autocast_bf16": autocast})
-            opts["gradient_checkpointing"] = args.checkpointing
-            from pirl_robot.models.pi0 import lerobot_policy_class
-
+                    {"tokenizer": tok, "autocast_bf16": real_gpu})
             lerobot_policy_class(kind)  # imports outside the build timing
             t0 = time.perf_counter()
             with torch.device(device):
-                model = build_model(kind, opts, spec)
+                model = build_model(kind, {**opts, "fast_path": "off"}, spec)
             n = sum(p.numel() for p in model.parameters())
-            rows.append((kind, f"build ({n / 1e6:.1f}M params, s)", time.perf_counter() - t0))
-            setup = "bf16 autocast, fp32 weights" if autocast else "fp32"
-            for name, v in latency(model, spec, args, device, autocast).items():
-                rows.append((kind, f"{name} [{setup}, ms]", v))
-            for name, v in ppo_step(model, spec, args, device).items():
-                rows.append((kind, f"{name} [{setup}{', ckpt' if args.checkpointing else ''}, ms]"
-                             if "memory" not in name else name, v))
-            if device.type == "cuda" and not args.tiny:  # lerobot's own bf16 weights, its stock inference setup
+            print(f"{kind}: built {n / 1e6:.1f}M params in {time.perf_counter() - t0:.1f} s", flush=True)
+            amp = "fp32+amp" if real_gpu else "fp32"
+            bench_ppo(model, spec, args, device, table, kind, f"eager {amp}")
+            bench_chunks(model, spec, args, device, table, kind, f"eager {amp}")
+            model.policy.model.paligemma_with_expert.paligemma.to(torch.bfloat16)  # frozen: no fp32 master needed
+            model.cfg.fast_path, model.cfg.autocast_bf16 = "on", True
+            bench_ppo(model, spec, args, device, table, kind, "fast, bf16 backbone")
+            if real_gpu:  # lerobot's own bf16 cast (vision and norms stay fp32), its stock inference setup
                 model.policy.model.paligemma_with_expert.to_bfloat16_for_selected_params("bfloat16")
-                model.cfg.autocast_bf16 = False
-                for name, v in latency(model, spec, args, device, autocast=False).items():
-                    rows.append((kind, f"{name} [lerobot bf16 weights, ms]", v))
+                model.cfg.fast_path, model.cfg.autocast_bf16 = "off", False
+                if not args.no_lerobot:
+                    bench_lerobot(model, spec, args, device, table, kind, autocast=False)
+                bench_chunks(model, spec, args, device, table, kind, "eager bf16")
+                model.policy.model.paligemma_with_expert.to(torch.bfloat16)
+                model.cfg.autocast_bf16 = True
+            model.cfg.fast_path = "on"
+            bench_chunks(model, spec, args, device, table, kind, "fast bf16" + (" + CUDA graphs" if device.type ==
+                                                                                "cuda" else ""))
             del model
             if device.type == "cuda":
                 torch.cuda.empty_cache()
 
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"\ndevice: {dev_name}; batch {args.batch}, chunk {args.chunk}, {args.cameras} x {args.image_size} px "
-          f"camera(s), K={args.steps}, {'tiny' if args.tiny else 'real'} widths; tokenizer: {tok_note}\n")
-    print("| model | measurement | value |\n|---|---|---|")
-    for kind, name, v in rows:
-        print(f"| {kind} | {name} | {v:.2f} |")
+    print(f"\ndevice: {dev_name}; chunk {args.chunk}, {args.cameras} x {args.image_size} px camera(s), "
+          f"{'tiny' if args.tiny else 'real'} widths; tokenizer: {tok_note}; MFU against "
+          f"{table.peak or '-'} TFLOP/s dense bf16; total {time.perf_counter() - started:.0f} s")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     f = out / f"bench_vla_{'tiny' if args.tiny else 'real'}_{dev_name.replace(' ', '_')}.json"
-    f.write_text(json.dumps({"args": vars(args), "device": dev_name, "tokenizer": tok_note,
-                             "rows": [{"model": k, "measurement": n, "value": v} for k, n, v in rows]}, indent=2))
-    print(f"\nwritten {f}")
+    f.write_text(json.dumps({"args": vars(args), "device": dev_name, "tokenizer": tok_note, "rows": table.rows},
+                            indent=2))
+    print(f"written {f}")
 
 
 if __name__ == "__main__":

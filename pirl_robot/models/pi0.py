@@ -47,7 +47,9 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from pirl_robot.models import pi0_fast
 from pirl_robot.models.base import FlowPolicyModel, NoiseNet
+from pirl_robot.models.pi0_fast import FastContext
 from pirl_robot.models.factory import register
 from pirl_robot.models.tokenizer import PALIGEMMA_TOKENIZER, load_tokenizer
 from pirl_robot.spec import PolicySpec
@@ -77,10 +79,25 @@ class PiVLAConfig:
     value_head: bool = True
     value_hidden: int = 512
     critic_shares_features: bool = False  # False: the value loss does not shape the actor's features
+    # Fast path (models/pi0_fast.py): static K/V buffers, SDPA, masks built once per chunk. "auto": on CUDA only;
+    # "off": lerobot's own embed_prefix / denoise_step (the reference, and what CPU runs use).
+    fast_path: str = "auto"
+    cuda_graphs: bool = True  # fast path on CUDA without gradients: replay captured graphs (models/cuda_graphs.py)
+    # Precision of the frozen backbone (train_expert_only): it has no optimiser, so it needs no fp32 master copy;
+    # "bfloat16" halves its memory and its read traffic in every prefix encode.
+    backbone_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"PiVLAConfig.kind must be one of {KINDS}, got {self.kind!r}")
+        if self.fast_path not in ("auto", "on", "off"):
+            raise ValueError(f"PiVLAConfig.fast_path must be auto, on or off, got {self.fast_path!r}")
+        if self.backbone_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"PiVLAConfig.backbone_dtype must be float32 or bfloat16, got {self.backbone_dtype!r}")
+        if self.backbone_dtype == "bfloat16" and not self.train_expert_only:
+            raise ValueError("backbone_dtype=bfloat16 needs train_expert_only (a trained backbone keeps fp32 masters)")
+        if self.backbone_dtype == "bfloat16" and not self.autocast_bf16:
+            raise ValueError("backbone_dtype=bfloat16 runs under autocast_bf16 (the fp32 expert meets bf16 features)")
         for name in ("max_state_dim", "max_action_dim", "image_resolution", "noise_hidden", "value_hidden"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"PiVLAConfig.{name} must be positive, got {getattr(self, name)}")
@@ -174,6 +191,9 @@ class PiVLA(FlowPolicyModel):
         self._captured: torch.Tensor | None = None
         inner.action_out_proj.register_forward_pre_hook(self._capture)
         inner.gradient_checkpointing_enabled = cfg.gradient_checkpointing  # lerobot's own per-embedding switch
+        if cfg.backbone_dtype == "bfloat16":
+            inner.paligemma_with_expert.paligemma.to(torch.bfloat16)
+        self._graphs = None  # PrefixGraphs, made on first CUDA use of the fast path
         self.has_noise_net = cfg.noise_net
         if cfg.noise_net:
             self.noise_net = NoiseNet(self.feat_dim, self.action_dim, cfg.noise_hidden, cfg.noise_std_min,
@@ -230,19 +250,47 @@ class PiVLA(FlowPolicyModel):
 
     # --- FlowPolicyModel -------------------------------------------------------------------------------------
     def _autocast(self, device: torch.device):
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.cfg.autocast_bf16)
+        # No autocast weight cache: casts captured in a CUDA graph must not outlive the capture.
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.cfg.autocast_bf16, cache_enabled=False)
 
-    def encode(self, batch: dict[str, Any]) -> VLAContext:
-        from lerobot.policies.common.vla_utils import make_att_2d_masks, prepare_attention_masks_4d
+    def fast_path_active(self, device: torch.device) -> bool:
+        return self.cfg.fast_path == "on" or (self.cfg.fast_path == "auto" and device.type == "cuda")
 
+    def _prefix_inputs(self, batch: dict[str, Any]):
         lr_batch = {f"observation.{k}": v for k, v in batch.items() if k.startswith("images.")}
         missing = [k for k in self.policy.config.image_features if k not in lr_batch]
         if missing:
             raise KeyError(f"batch lacks cameras {missing}; has {sorted(lr_batch)}")
         b = next(iter(lr_batch.values())).shape[0]
         tokens, mask = self._language(batch, b)
+        images, img_masks = self.policy._preprocess_images(lr_batch)  # lerobot's resize-with-pad and [-1, 1]
+        state = None
+        if self.cfg.kind == "pi0":
+            if "state" not in batch:
+                raise KeyError("pi0 needs 'state' in the batch")
+            state = self.policy.prepare_state({"observation.state": batch["state"]})
+        return images, img_masks, tokens, mask, state
+
+    def encode(self, batch: dict[str, Any]) -> VLAContext | FastContext:
+        images, img_masks, tokens, mask, state = self._prefix_inputs(batch)
+        device = tokens.device
+        if not self.fast_path_active(device):
+            return self._encode_lerobot(images, img_masks, tokens, mask, state)
+        # A frozen backbone has nothing to differentiate: its prefix is rebuilt without an autograd graph.
+        grad = torch.is_grad_enabled() and not self.cfg.train_expert_only
+        if device.type == "cuda" and self.cfg.cuda_graphs and not grad:
+            if self._graphs is None:
+                from pirl_robot.models.cuda_graphs import PrefixGraphs
+                self._graphs = PrefixGraphs(self.policy.model, self.cfg.kind, lambda: self._autocast(device))
+            ctx = self._graphs.encode(images, img_masks, tokens, mask, state)
+            return ctx.detached_copy() if torch.is_grad_enabled() else ctx  # an update's context must not move
+        with torch.set_grad_enabled(grad), self._autocast(device):
+            return pi0_fast.encode_prefix(self.policy.model, self.cfg.kind, images, img_masks, tokens, mask, state)
+
+    def _encode_lerobot(self, images, img_masks, tokens, mask, state) -> VLAContext:
+        from lerobot.policies.common.vla_utils import make_att_2d_masks, prepare_attention_masks_4d
+
         inner, joint = self.policy.model, self.policy.model.paligemma_with_expert
-        images, img_masks = self.policy._preprocess_images(lr_batch)
         with self._autocast(tokens.device):
             embs, pad_masks, att_masks = inner.embed_prefix(images, img_masks, tokens, mask)
             att_4d = prepare_attention_masks_4d(make_att_2d_masks(pad_masks, att_masks))
@@ -251,20 +299,23 @@ class PiVLA(FlowPolicyModel):
                                                    past_key_values=None, inputs_embeds=[embs, None], use_cache=True)
         valid = pad_masks.unsqueeze(-1).float()
         pooled = (prefix_out.float() * valid).sum(1) / valid.sum(1).clamp_min(1.0)
-        state = None
-        if self.cfg.kind == "pi0":
-            if "state" not in batch:
-                raise KeyError("pi0 needs 'state' in the batch")
-            state = self.policy.prepare_state({"observation.state": batch["state"]})
         return VLAContext(cache=cache, prefix_pad_masks=pad_masks, prefix_features=pooled, state=state)
 
-    def batch_size(self, ctx: VLAContext) -> int:
+    def batch_size(self, ctx: VLAContext | FastContext) -> int:
         return ctx.prefix_pad_masks.shape[0]
 
     def _capture(self, module, args) -> None:
         self._captured = args[0]
 
-    def _denoise(self, ctx: VLAContext, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _denoise(self, ctx: VLAContext | FastContext, x: torch.Tensor,
+                 t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if isinstance(ctx, FastContext):
+            ctx.check_fresh()
+            if ctx.graph is not None and not torch.is_grad_enabled():
+                return self._graphs.step(ctx, x, t)
+            with self._autocast(x.device):
+                v, feats = pi0_fast.denoise_step(self.policy.model, self.cfg.kind, ctx, x, t)
+            return v.float(), feats
         self._captured = None
         with self._autocast(x.device):
             if self.cfg.kind == "pi0":

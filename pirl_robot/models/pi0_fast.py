@@ -1,0 +1,218 @@
+"""The fast path of pi0 / pi0.5: the same computation as lerobot's prefix forward and `denoise_step`, arranged for speed.
+
+    model = build_model("pi0", {"tokenizer": tok, "fast_path": "on"}, spec)   # "auto" (default): on CUDA only
+    ctx = model.encode(batch)                     # -> FastContext (static K/V buffers, masks built once)
+    v, feats = model.velocity(ctx, x_t, t)        # one denoising step; the sampler calls it K times
+
+What differs from lerobot's path (`models/pi0.py` calls lerobot's own `embed_prefix` / `denoise_step`):
+  * one K/V buffer per layer of length prefix + suffix, allocated at encode time; the prefix fills the front once
+    and every denoising step writes its suffix keys/values into the tail in place, where lerobot clones the whole
+    prefix cache at every step (with gradients on, the tail is concatenated instead, so autograd sees no writes);
+  * attention masks and rope positions are built once per chunk from the pad masks, with no host-side lists (lerobot
+    builds `torch.tensor(att_masks)` on every call, a host-to-device copy that CUDA graph capture refuses);
+  * attention through `F.scaled_dot_product_attention` (flash / memory-efficient kernels on a GPU) instead of the
+    eager matmul-softmax-matmul.
+Every layer, norm, projection, rope and embedding is lerobot's / transformers' own module, called in lerobot's order;
+only the orchestration is ours. tests/test_pi0_fast.py holds it to lerobot's path (fp32 and bf16 tolerances there).
+
+On CUDA without gradients `encode` and `velocity` replay CUDA graphs (pirl_robot.models.cuda_graphs), one pair per
+input signature (batch size, image sizes, token length): a new signature is captured on first use (a second or
+so; nothing is compiled, so nothing needs caching on disk); a context whose graph buffers were overwritten by a later
+`encode` of the same signature is refused with StaleContextError instead of returning another observation's actions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+NEG = -2.3819763e38  # lerobot's OPENPI_ATTENTION_MASK_VALUE: masked logits stay finite (no NaN on all-pad rows)
+
+
+class StaleContextError(RuntimeError):
+    """A graph-backed context was overwritten by a later encode of the same input signature."""
+
+
+@dataclass
+class FastContext:
+    """The per-chunk prefix in the fast layout: what every denoising step reads."""
+
+    keys: list[torch.Tensor]  # per VLM layer (B, kv_heads, L + S, head_dim): prefix in [:L], suffix tail in [L:]
+    values: list[torch.Tensor]
+    suffix_mask: torch.Tensor  # (B, 1, S, L + S) additive mask of the suffix queries
+    suffix_positions: torch.Tensor  # (B, S) rope positions of the suffix tokens
+    prefix_pad_masks: torch.Tensor  # (B, L) bool
+    prefix_features: torch.Tensor  # (B, W_vlm) mean of the VLM prefix output over valid tokens
+    state: torch.Tensor | None  # (B, max_state_dim) pi0's padded state; None for pi0.5
+    graph: Any = None  # the CUDA-graph entry whose static buffers these are (None: ordinary tensors)
+    generation: int = 0
+
+    @property
+    def prefix_len(self) -> int:
+        return self.prefix_pad_masks.shape[1]
+
+    def select(self, idx: torch.Tensor | slice) -> "FastContext":
+        """The context of a sub-batch (e.g. a PPO minibatch); a copy, detached from any CUDA graph."""
+        self.check_fresh()
+        return FastContext([k[idx] for k in self.keys], [v[idx] for v in self.values], self.suffix_mask[idx],
+                           self.suffix_positions[idx], self.prefix_pad_masks[idx], self.prefix_features[idx],
+                           None if self.state is None else self.state[idx])
+
+    def detached_copy(self) -> "FastContext":
+        """Own tensors (out of a graph's static buffers), so a later encode cannot change them under autograd."""
+        self.check_fresh()
+        clone = lambda t: None if t is None else t.clone()  # noqa: E731
+        return FastContext([k.clone() for k in self.keys], [v.clone() for v in self.values],
+                           clone(self.suffix_mask), clone(self.suffix_positions), clone(self.prefix_pad_masks),
+                           clone(self.prefix_features), clone(self.state))
+
+    def check_fresh(self) -> None:
+        if self.graph is not None and self.graph.generation != self.generation:
+            raise StaleContextError(
+                "this context lives in CUDA-graph buffers that a later encode() of the same batch size overwrote; "
+                "use the context before encoding the next batch, or take ctx.detached_copy() first")
+
+
+# --- building blocks (each calls lerobot's / transformers' modules) ------------------------------------------------
+def _rope():
+    from transformers.models.gemma.modeling_gemma import apply_rotary_pos_emb
+    return apply_rotary_pos_emb
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
+    """q (B, H, S, D), k/v (B, KV, T, D) shared by H/KV query heads, additive mask (B, 1, S|1, T) -> (B, H, S, D)."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype), scale=scale,
+                                          enable_gqa=k.shape[1] != q.shape[1])
+
+
+def _layer(layer, h: torch.Tensor, cond: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor,
+           kv: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+           mask: torch.Tensor) -> torch.Tensor:
+    """One PiGemma decoder layer (lerobot's order: norm, attention, gated residual, norm, MLP, gated residual).
+
+    kv(k, v) stores this call's rotated keys/values and returns the full keys/values to attend over."""
+    from lerobot.policies.pi_gemma import _gated_residual, layernorm_forward
+
+    x, gate = layernorm_forward(layer.input_layernorm, h, cond)
+    attn = layer.self_attn
+    shape = (*x.shape[:-1], -1, attn.head_dim)
+    q = attn.q_proj(x).view(shape).transpose(1, 2)
+    k = attn.k_proj(x).view(shape).transpose(1, 2)
+    v = attn.v_proj(x).view(shape).transpose(1, 2)
+    q, k = _rope()(q, k, cos, sin)
+    k_all, v_all = kv(k, v)
+    o = _attend(q, k_all.to(q.dtype), v_all.to(q.dtype), mask, attn.scaling)
+    h = _gated_residual(h, attn.o_proj(o.transpose(1, 2).reshape(*x.shape[:-1], -1)), gate)
+    x, gate = layernorm_forward(layer.post_attention_layernorm, h, cond)
+    return _gated_residual(h, layer.mlp(x), gate)
+
+
+def _as_weights_dtype(h: torch.Tensor, layers) -> torch.Tensor:
+    """PiGemmaModel's rule: hidden states go bf16 when the layers' weights are bf16."""
+    return h.to(torch.bfloat16) if layers[0].self_attn.q_proj.weight.dtype == torch.bfloat16 else h
+
+
+# --- prefix -------------------------------------------------------------------------------------------------------
+def suffix_len(inner, kind: str) -> int:
+    return inner.config.chunk_size + (1 if kind == "pi0" else 0)
+
+
+def encode_prefix(inner, kind: str, images: list[torch.Tensor], img_masks: list[torch.Tensor],
+                  tokens: torch.Tensor, lang_mask: torch.Tensor, state: torch.Tensor | None) -> FastContext:
+    """lerobot's embed_prefix + the VLM forward with a cache, into the fast layout. Images already preprocessed
+    (lerobot's `_preprocess_images`); tokens / masks as lerobot's tokenizer step writes them."""
+    joint = inner.paligemma_with_expert
+    lm = joint.paligemma.model.language_model
+    embs, pads = [], []
+    for img, m in zip(images, img_masks, strict=True):
+        e = joint.embed_image(img)
+        embs.append(e)
+        pads.append(m[:, None].expand(e.shape[0], e.shape[1]))
+    embs.append(joint.embed_language_tokens(tokens))
+    pads.append(lang_mask.bool())
+    h = _as_weights_dtype(torch.cat(embs, 1), lm.layers)
+    pad = torch.cat(pads, 1)
+    b, n = pad.shape
+    s = suffix_len(inner, kind)
+    # Prefix tokens attend to every valid prefix token (all of lerobot's prefix att_masks are 0); masking by key
+    # alone changes only the outputs at pad positions, which no valid token and no suffix query ever reads.
+    key_mask = torch.where(pad, 0.0, NEG)[:, None, None, :]
+    cos, sin = lm.rotary_emb(h, pad.long().cumsum(1) - 1)
+    keys, values = [], []
+    for layer in lm.layers:
+        kv_heads, d = layer.self_attn.k_proj.out_features // layer.self_attn.head_dim, layer.self_attn.head_dim
+        kbuf = h.new_empty(b, kv_heads, n + s, d)
+        vbuf = h.new_empty(b, kv_heads, n + s, d)
+
+        def store(k, v, kbuf=kbuf, vbuf=vbuf):
+            kbuf[:, :, :n] = k
+            vbuf[:, :, :n] = v
+            return k, v
+
+        h = _layer(layer, h, None, cos, sin, store, key_mask)
+        keys.append(kbuf)
+        values.append(vbuf)
+    out, _ = lm.norm(h)
+    valid = pad.unsqueeze(-1).float()
+    pooled = (out.float() * valid).sum(1) / valid.sum(1).clamp_min(1.0)
+    positions = pad.sum(-1, keepdim=True) + torch.arange(s, device=pad.device)  # lerobot: offset + cumsum - 1
+    return FastContext(keys, values, _suffix_mask(pad, s, kind), positions, pad, pooled, state)
+
+
+def _suffix_mask(prefix_pad: torch.Tensor, s: int, kind: str) -> torch.Tensor:
+    """lerobot's denoise_step mask: suffix queries see the valid prefix; within the suffix, pi0's state token sees
+    only itself (its att_mask block 1) and the action tokens see the state and each other; pi0.5's actions see all."""
+    b = prefix_pad.shape[0]
+    inner = torch.ones(s, s, dtype=torch.bool, device=prefix_pad.device)
+    if kind == "pi0":
+        inner[0, 1:] = False
+    allowed = torch.cat([prefix_pad[:, None, :].expand(b, s, -1), inner.expand(b, s, s)], 2)
+    return torch.where(allowed, 0.0, NEG)[:, None]
+
+
+# --- suffix (one denoising step) ----------------------------------------------------------------------------------
+def embed_suffix(inner, kind: str, state: torch.Tensor | None, x: torch.Tensor,
+                 t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """lerobot's embed_suffix without its host-side mask list: (suffix embeddings, pi0.5's adaRMS condition)."""
+    from lerobot.policies.common.vla_utils import create_sinusoidal_pos_embedding
+
+    cfg = inner.config
+    time = create_sinusoidal_pos_embedding(t, inner.action_in_proj.out_features, min_period=cfg.min_period,
+                                           max_period=cfg.max_period, device=t.device).type(t.dtype)
+    actions = inner.action_in_proj(x)
+    if kind == "pi05":
+        cond = F.silu(inner.time_mlp_out(F.silu(inner.time_mlp_in(time))))
+        return actions, cond
+    if inner.state_proj.weight.dtype == torch.float32:
+        state = state.to(torch.float32)
+    fused = torch.cat([actions, time[:, None, :].expand_as(actions)], 2)
+    fused = inner.action_time_mlp_out(F.silu(inner.action_time_mlp_in(fused)))
+    return torch.cat([inner.state_proj(state)[:, None, :], fused], 1), None
+
+
+def denoise_step(inner, kind: str, ctx: FastContext, x: torch.Tensor,
+                 t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Velocity (B, H, A) and the action expert's per-token output features (B, H, W) at (x_t, t)."""
+    expert = inner.paligemma_with_expert.gemma_expert.model
+    embs, cond = embed_suffix(inner, kind, ctx.state, x, t)
+    h = _as_weights_dtype(embs, expert.layers)
+    cos, sin = expert.rotary_emb(h, ctx.suffix_positions)
+    n = ctx.prefix_len
+    in_place = not torch.is_grad_enabled()
+    for i, layer in enumerate(expert.layers):
+        kbuf, vbuf = ctx.keys[i], ctx.values[i]
+
+        def kv(k, v, kbuf=kbuf, vbuf=vbuf):
+            if in_place:  # rollout / deployment: the static buffer's tail, no copy of the prefix
+                kbuf[:, :, n:] = k
+                vbuf[:, :, n:] = v
+                return kbuf, vbuf
+            return torch.cat([kbuf[:, :, :n], k.to(kbuf.dtype)], 2), torch.cat([vbuf[:, :, :n], v.to(vbuf.dtype)], 2)
+
+        h = _layer(layer, h, cond, cos, sin, kv, ctx.suffix_mask)
+    out, _ = expert.norm(h, cond)
+    feats = out[:, -inner.config.chunk_size:].to(torch.float32)
+    return inner.action_out_proj(feats), feats

@@ -1,0 +1,156 @@
+"""pi0 / pi0.5's fast path (static K/V buffers, SDPA, masks built once; models/pi0_fast.py) against lerobot's path.
+
+Tolerances, measured on tiny models (CPU): fp32 chains agree to < 1e-6 (bound 1e-5), log-likelihoods to < 5e-6
+(bound 5e-5: sums over the chunk's entries), gradients to < 3e-6 relative (bound 1e-4). Under bf16 autocast both
+paths round differently: actions of O(3) agree to 3e-3 (bound 2e-2), the same size as lerobot's own bf16-vs-fp32
+difference (5e-3). The CUDA-graph tests run where a GPU is present (the device machine) and skip elsewhere.
+"""
+
+import pytest
+import torch
+
+from pirl_robot.flow import ChainConfig, chain_log_prob, sample_chain
+from pirl_robot.models.factory import build_model
+from pirl_robot.models.pi0_fast import FastContext, StaleContextError
+from pirl_robot.models.tiny_vla import tiny_options
+from pirl_robot.models.tokenizer import train_word_tokenizer
+from pirl_robot.spec import CameraSpec, PolicySpec
+
+TASKS = ["pick up the red cube", "push the cube to the goal", "stack the red cube"]
+SPEC = PolicySpec(state_names=tuple(f"q{i}" for i in range(5)), action_names=("x", "y", "grip"),
+                  cameras=(CameraSpec("base", 32, 32), CameraSpec("wrist", 24, 24)), chunk_size=4, exec_horizon=4,
+                  instruction=TASKS[0])
+CUDA = torch.cuda.is_available()
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+    return train_word_tokenizer(TASKS, tmp_path_factory.mktemp("tok"))
+
+
+def make_batch(b, seed=0, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    out = {"state": torch.rand(b, 5, generator=g) * 2 - 1, "images.base": torch.rand(b, 3, 32, 32, generator=g),
+           "images.wrist": torch.rand(b, 3, 24, 24, generator=g)}
+    return {**{k: v.to(device) for k, v in out.items()}, "instruction": [TASKS[i % 3] for i in range(b)]}
+
+
+def model(kind, tokenizer_dir, **opts):
+    torch.manual_seed(1)
+    return build_model(kind, tiny_options(SPEC, tokenizer_dir, pad=2, **opts), SPEC)
+
+
+def chain(m, fast, batch, cfg, seed=3):
+    m.cfg.fast_path = "on" if fast else "off"
+    return sample_chain(m, m.encode(batch), cfg, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("kind", ["pi0", "pi05"])
+@pytest.mark.parametrize("mode", ["ode", "sde", "noise"])
+@pytest.mark.parametrize("b", [1, 3])
+def test_fast_chain_equals_lerobot_path(kind, mode, b, tokenizer_dir):
+    m = model(kind, tokenizer_dir).eval()
+    cfg = ChainConfig(num_steps=4, mode=mode)
+    ref, fast = chain(m, False, make_batch(b), cfg), chain(m, True, make_batch(b), cfg)
+    assert isinstance(m.encode(make_batch(b)), FastContext)
+    assert ref.actions.abs().max() > 0.1  # a real output
+    assert (fast.xs - ref.xs).abs().max() <= 1e-5
+    assert (fast.velocities - ref.velocities).abs().max() <= 1e-5
+    assert (fast.feats_mean - ref.feats_mean).abs().max() <= 1e-5
+    if mode != "ode":
+        assert (fast.logp - ref.logp).abs().max() <= 5e-5
+    m.cfg.fast_path = "on"  # the prefix features (pi0.5's value input) agree too
+    ctx_fast = m.encode(make_batch(b))
+    m.cfg.fast_path = "off"
+    assert (ctx_fast.prefix_features - m.encode(make_batch(b)).prefix_features).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("kind", ["pi0", "pi05"])
+def test_fast_chain_bf16_close_to_lerobot_bf16(kind, tokenizer_dir):
+    m = model(kind, tokenizer_dir, autocast_bf16=True).eval()
+    cfg = ChainConfig(num_steps=4, mode="ode")
+    ref, fast = chain(m, False, make_batch(3), cfg), chain(m, True, make_batch(3), cfg)
+    assert (fast.actions - ref.actions).abs().max() <= 2e-2
+    assert (fast.actions - ref.actions).abs().max() > 0  # bf16 really ran (the paths round differently)
+
+
+@pytest.mark.parametrize("kind", ["pi0", "pi05"])
+@pytest.mark.parametrize("mode", ["mixed", "noise", "sde"])
+def test_efficient_update_logp_and_gradients_equal(kind, mode, tokenizer_dir):
+    """The update through the fast path (prefix rebuilt without an autograd graph, suffix K/V concatenated)
+    scores stored chains and backpropagates exactly as lerobot's path does."""
+    m = model(kind, tokenizer_dir).train()
+    cfg = ChainConfig(num_steps=3, mode=mode)
+    with torch.no_grad():
+        stored = chain(m, False, make_batch(3), cfg)
+    results = {}
+    for fast in (False, True):
+        m.cfg.fast_path = "on" if fast else "off"
+        m.zero_grad()
+        ctx = m.encode(make_batch(3))
+        out = chain_log_prob(m, ctx, stored, cfg)
+        (out["logp"].sum() + out["entropy"].sum() + m.value(ctx, out["feats_mean"]).sum()).backward()
+        results[fast] = out["logp"].detach(), {n: p.grad.clone() for n, p in m.named_parameters()
+                                               if p.grad is not None}
+    (lp_ref, g_ref), (lp_fast, g_fast) = results[False], results[True]
+    assert (lp_fast - lp_ref).abs().max() <= 5e-5
+    assert g_ref.keys() == g_fast.keys() and len(g_ref) > 10
+    assert not any(n.startswith("policy.model.paligemma_with_expert.paligemma.") for n in g_fast)  # frozen
+    for n in g_ref:
+        scale = g_ref[n].abs().max().clamp_min(1e-8)
+        assert (g_fast[n] - g_ref[n]).abs().max() / scale <= 1e-4, n
+
+
+def test_fast_sub_batch_context(tokenizer_dir):
+    m = model("pi0", tokenizer_dir, fast_path="on").eval()
+    ctx = m.encode(make_batch(3))
+    x, t = torch.randn(3, 4, m.action_dim), torch.tensor([1.0, 0.5, 0.25])
+    v_all, f_all = m.velocity(ctx, x, t)
+    idx = torch.tensor([2, 0])
+    v_sub, f_sub = m.velocity(ctx.select(idx), x[idx], t[idx])
+    assert torch.allclose(v_sub, v_all[idx], atol=1e-6) and torch.allclose(f_sub, f_all[idx], atol=1e-6)
+
+
+def test_bf16_backbone_needs_frozen_backbone(tokenizer_dir):
+    with pytest.raises(ValueError, match="train_expert_only"):
+        model("pi0", tokenizer_dir, backbone_dtype="bfloat16", train_expert_only=False)
+    with pytest.raises(ValueError, match="fast_path"):
+        model("pi0", tokenizer_dir, fast_path="maybe")
+    with pytest.raises(ValueError, match="autocast_bf16"):
+        model("pi0", tokenizer_dir, backbone_dtype="bfloat16")
+    m = model("pi0", tokenizer_dir, backbone_dtype="bfloat16", autocast_bf16=True, fast_path="on")
+    ctx = m.encode(make_batch(2))
+    assert sample_chain(m, ctx, ChainConfig(num_steps=2, mode="ode")).actions.isfinite().all()
+    assert all(p.dtype == torch.bfloat16 for p in m.backbone_parameters())
+    assert all(p.dtype == torch.float32 for p in m.expert_parameters())
+
+
+@pytest.mark.skipif(not CUDA, reason="CUDA graphs need a GPU (run on the device machine)")
+@pytest.mark.parametrize("kind", ["pi0", "pi05"])
+def test_cuda_graphs_equal_eager_and_refuse_stale_contexts(kind, tokenizer_dir):
+    with torch.device("cuda"):
+        m = model(kind, tokenizer_dir).eval()
+    cfg = ChainConfig(num_steps=4, mode="ode")
+    noise = {b: torch.randn(b, 4, m.action_dim, device="cuda") for b in (1, 3)}
+    eager = {}
+    m.cfg.cuda_graphs = False
+    with torch.no_grad():
+        for b in (1, 3):
+            eager[b] = sample_chain(m, m.encode(make_batch(b, device="cuda")), cfg, noise=noise[b]).actions
+        m.cfg.cuda_graphs = True
+        for b in (1, 3, 1, 3):  # new batch sizes capture new graphs; old ones replay
+            ctx = m.encode(make_batch(b, device="cuda"))
+            assert ctx.graph is not None
+            out = sample_chain(m, ctx, cfg, noise=noise[b]).actions
+            assert (out - eager[b]).abs().max() <= 1e-4
+        assert len(m._graphs.entries) == 2
+        first = m.encode(make_batch(3, seed=1, device="cuda"))
+        m.encode(make_batch(3, seed=2, device="cuda"))  # same signature: overwrites first's buffers
+        with pytest.raises(StaleContextError):
+            m.velocity(first, noise[3], torch.ones(3, device="cuda"))
+        # a changed camera size is resized by lerobot's preprocessing before the graph: same answer as eager
+        big = {**make_batch(1, device="cuda"),
+               "images.base": torch.nn.functional.interpolate(make_batch(1, device="cuda")["images.base"], 64)}
+        graphed = sample_chain(m, m.encode(big), cfg, noise=noise[1]).actions
+        m.cfg.cuda_graphs = False
+        assert (graphed - sample_chain(m, m.encode(big), cfg, noise=noise[1]).actions).abs().max() <= 1e-4
