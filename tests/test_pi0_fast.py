@@ -154,3 +154,25 @@ def test_cuda_graphs_equal_eager_and_refuse_stale_contexts(kind, tokenizer_dir):
         graphed = sample_chain(m, m.encode(big), cfg, noise=noise[1]).actions
         m.cfg.cuda_graphs = False
         assert (graphed - sample_chain(m, m.encode(big), cfg, noise=noise[1]).actions).abs().max() <= 1e-4
+
+
+@pytest.mark.skipif(not CUDA, reason="bf16 inference weights are switched on for CUDA only (run on the device machine)")
+def test_prepare_inference_bf16_close_to_fp32(tokenizer_dir):
+    with torch.device("cuda"):
+        m = model("pi0", tokenizer_dir).eval()
+    noise = torch.randn(3, 4, m.action_dim, device="cuda")
+    cfg = ChainConfig(num_steps=4, mode="ode")
+    with torch.no_grad():
+        m.cfg.fast_path = "off"
+        ref = sample_chain(m, m.encode(make_batch(3, device="cuda")), cfg, noise=noise).actions
+        m.cfg.fast_path = "auto"
+        m.prepare_inference()
+        assert all(p.dtype == torch.bfloat16 for p in m.policy.model.paligemma_with_expert.parameters())
+        fast = sample_chain(m, m.encode(make_batch(3, device="cuda")), cfg, noise=noise).actions
+    assert m._graphs is not None and (fast - ref).abs().max() <= 5e-2
+
+
+def test_prepare_inference_leaves_cpu_models_alone(tokenizer_dir):
+    m = model("pi0", tokenizer_dir).eval()
+    m.prepare_inference()
+    assert all(p.dtype == torch.float32 for p in m.parameters()) and not m.cfg.autocast_bf16

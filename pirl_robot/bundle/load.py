@@ -54,7 +54,9 @@ def open_bundle(bundle_dir: str | Path, robot_spec: PolicySpec | None = None, de
         sampler = ChainConfig.for_inference(model_meta.get("sampler", {}))
     except (KeyError, ValueError, TypeError, CheckpointError) as e:
         raise BundleError(f"bundle {d} cannot be loaded: {e}") from e
-    policy = Policy(spec=spec, model=model.to(device).eval(), transforms=transforms, sampler=sampler,
+    model = model.to(device).eval()
+    model.prepare_inference()  # pi0 / pi0.5 on CUDA: bf16 weights, fast path, CUDA graphs
+    policy = Policy(spec=spec, model=model, transforms=transforms, sampler=sampler,
                     model_kind=model_meta["model_kind"])
     return Bundle(path=d, manifest=manifest, policy=policy)
 

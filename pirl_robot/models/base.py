@@ -44,6 +44,10 @@ class FlowPolicyModel(nn.Module):
     def batch_size(self, ctx: Context) -> int:
         raise NotImplementedError
 
+    def prepare_inference(self) -> None:
+        """Switch to the fastest inference setup for the device the model is on (deploy bundles, `pirl serve`).
+        Called after `.to(device).eval()`; the default changes nothing."""
+
     def policy_parameters(self) -> list[nn.Parameter]:
         """Parameters the actor optimiser trains (velocity field and noise net; frozen parts excluded)."""
         return [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith("value_head")]

@@ -5,6 +5,10 @@ signature, replayed with a few hundred microseconds of launch cost instead of ~6
     ctx = graphs.encode(images, img_masks, tokens, lang_mask, state)   # FastContext in static buffers
     v, feats = graphs.step(ctx, x_t, t)                    # fresh tensors (the static outputs are cloned)
 
+With compile=True the two functions first go through torch.compile (inductor fuses the norms, rope, residuals and
+casts that dominate a batch-1 step); its artefacts are cached on disk (TORCHINDUCTOR_CACHE_DIR, default
+~/.cache/pirl_robot/inductor), so only the first start of a machine pays the compilation.
+
 A signature is the shapes and dtypes of the inputs (batch size, token length; images arrive already resized to the
 model's resolution). A new one is captured on first use; beyond `max_entries` the least recently used entry is
 dropped, and its contexts then fail `check_fresh()` instead of reading another batch's buffers. Weights are read in
@@ -15,9 +19,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -55,10 +61,15 @@ def _capture(fn: Callable, pool) -> tuple[torch.cuda.CUDAGraph, object]:
 
 class PrefixGraphs:
     def __init__(self, inner, kind: str, autocast: Callable[[], contextlib.AbstractContextManager],
-                 max_entries: int = 8):
+                 max_entries: int = 8, compile: bool = False):
         self.inner, self.kind, self.autocast, self.max_entries = inner, kind, autocast, max_entries
         self.entries: OrderedDict[tuple, GraphEntry] = OrderedDict()
         self.pool = torch.cuda.graph_pool_handle()
+        self.encode_fn, self.step_fn = pi0_fast.encode_prefix, pi0_fast.denoise_step
+        if compile:
+            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path.home() / ".cache" / "pirl_robot" / "inductor"))
+            self.encode_fn = torch.compile(self.encode_fn, dynamic=False)
+            self.step_fn = torch.compile(self.step_fn, dynamic=False)
 
     def encode(self, images: list[torch.Tensor], img_masks: list[torch.Tensor], tokens: torch.Tensor,
                lang_mask: torch.Tensor, state: torch.Tensor | None) -> FastContext:
@@ -77,9 +88,9 @@ class PrefixGraphs:
     def step(self, ctx: FastContext, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         ctx.check_fresh()
         entry: GraphEntry = ctx.graph
-        io = entry.step_io
-        if entry.step_graph is None or io["x"].shape != x.shape:
+        if entry.step_graph is None or entry.step_io["x"].shape != x.shape:
             self._capture_step(entry, x, t)
+        io = entry.step_io
         io["x"].copy_(x)
         io["t"].copy_(t)
         entry.step_graph.replay()
@@ -95,7 +106,7 @@ class PrefixGraphs:
 
         def run():
             with torch.no_grad(), self.autocast():
-                return pi0_fast.encode_prefix(self.inner, self.kind, static[:n_img], static[n_img:2 * n_img],
+                return self.encode_fn(self.inner, self.kind, static[:n_img], static[n_img:2 * n_img],
                                               static[2 * n_img], static[2 * n_img + 1],
                                               static[2 * n_img + 2] if has_state else None)
 
@@ -113,7 +124,7 @@ class PrefixGraphs:
 
         def run():
             with torch.no_grad(), self.autocast():
-                return pi0_fast.denoise_step(self.inner, self.kind, ctx, io["x"], io["t"])
+                return self.step_fn(self.inner, self.kind, ctx, io["x"], io["t"])
 
         entry.step_graph, (io["v"], io["feats"]) = _capture(run, self.pool)
         entry.step_io = io

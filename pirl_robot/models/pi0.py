@@ -83,6 +83,7 @@ class PiVLAConfig:
     # "off": lerobot's own embed_prefix / denoise_step (the reference, and what CPU runs use).
     fast_path: str = "auto"
     cuda_graphs: bool = True  # fast path on CUDA without gradients: replay captured graphs (models/cuda_graphs.py)
+    compile: bool = False  # torch.compile the graphed prefix and step first (minutes once per machine; disk cache)
     # Precision of the frozen backbone (train_expert_only): it has no optimiser, so it needs no fp32 master copy;
     # "bfloat16" halves its memory and its read traffic in every prefix encode.
     backbone_dtype: str = "float32"
@@ -281,7 +282,8 @@ class PiVLA(FlowPolicyModel):
         if device.type == "cuda" and self.cfg.cuda_graphs and not grad:
             if self._graphs is None:
                 from pirl_robot.models.cuda_graphs import PrefixGraphs
-                self._graphs = PrefixGraphs(self.policy.model, self.cfg.kind, lambda: self._autocast(device))
+                self._graphs = PrefixGraphs(self.policy.model, self.cfg.kind, lambda: self._autocast(device),
+                                            compile=self.cfg.compile)
             ctx = self._graphs.encode(images, img_masks, tokens, mask, state)
             return ctx.detached_copy() if torch.is_grad_enabled() else ctx  # an update's context must not move
         with torch.set_grad_enabled(grad), self._autocast(device):
@@ -355,6 +357,15 @@ class PiVLA(FlowPolicyModel):
             x = ctx.prefix_features
         x = x.float() if self.cfg.critic_shares_features else x.float().detach()
         return self.value_head(x).squeeze(-1)
+
+    def prepare_inference(self) -> None:
+        """On CUDA: bf16 weights for the whole VLM and expert (no fp32 masters at inference) under bf16 autocast,
+        and the fast path. On the CPU nothing changes (bf16 matmuls are slower than fp32 there)."""
+        if self.policy.model.action_out_proj.weight.device.type != "cuda":
+            return
+        self.policy.model.paligemma_with_expert.to(torch.bfloat16)
+        self.cfg.autocast_bf16 = True
+        self._graphs = None  # graphs captured against the fp32 weights would read freed memory
 
     def backbone_parameters(self) -> list[nn.Parameter]:
         return list(self.policy.model.paligemma_with_expert.paligemma.parameters())
