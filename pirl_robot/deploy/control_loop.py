@@ -71,7 +71,7 @@ class ControlLoop:
                  log: Callable[[str, str], None], publish_events: Callable[[list[dict]], None] = lambda e: None,
                  taps: list[Tap] | None = None):
         self.inputs, self.arm, self.safety, self.broker, self.settings = inputs, arm, safety, broker, settings
-        self.log, self.warn_once = log, ThrottledLog(log)
+        self.log, self.log_throttled = log, ThrottledLog(log)
         self.publish_events = publish_events
         self.taps: list[Tap] = [] if taps is None else taps
         self.worker = InferenceWorker(policy, self._on_chunk, settings["seed"])
@@ -133,7 +133,7 @@ class ControlLoop:
             try:
                 self.step()
             except Exception as e:  # never let the loop die silently: log and keep holding
-                self.warn_once("error", "tick", f"control tick failed: {type(e).__name__}: {e}")
+                self.log_throttled("error", "tick", f"control tick failed: {type(e).__name__}: {e}")
 
     # --- one tick -------------------------------------------------------------------------------------------------
     def step(self) -> None:
@@ -151,7 +151,7 @@ class ControlLoop:
             self.stats["stale"] += 1
             self.stats["stale_executing"] += executing
             if executing:
-                self.warn_once("warning", "stale", f"holding: {e}")
+                self.log_throttled("warning", "stale", f"holding: {e}")
         action, waited = None, 0.0
         if executing and fault is None:  # 2 broker
             action, waited, fault = self._next_action(tick, obs)
@@ -167,7 +167,7 @@ class ControlLoop:
                     self.arm.send(outcome.command)
                 except ArmError as e:
                     self.safety.driver(False, str(e))
-                    self.warn_once("error", "send", f"command refused by the arm driver: {e}")
+                    self.log_throttled("error", "send", f"command refused by the arm driver: {e}")
         self._submit_early_request()
         if outcome.events:
             self._emit_events(outcome.events)

@@ -149,7 +149,7 @@ class DeployNode(LifecycleNode):
         from std_msgs.msg import Bool, String
 
         from pirl_robot.bundle import open_bundle
-        from pirl_robot.drivers.ros_msgs import qos
+        from pirl_robot.drivers.ros_msgs import level_log, qos
         from pirl_robot.record.ros import attach_recorder  # recording + Rerun on the taps (record/ros.py)
 
         p = self.values
@@ -164,7 +164,8 @@ class DeployNode(LifecycleNode):
             inputs = Inputs(self, p, command_map, StateAssembler(robot.state_names), spec.instruction)
             stack.callback(inputs.release)
             broker = ActionChunkBroker(p["exec_horizon"] or spec.exec_horizon, p["blend_ticks"], p["lead_ticks"])
-            loop = ControlLoop(inputs, inputs.arm, safety, broker, bundle.policy, p, self._log, taps=self.taps)
+            loop = ControlLoop(inputs, inputs.arm, safety, broker, bundle.policy, p, level_log(self.get_logger()),
+                               taps=self.taps)
             stack.callback(loop.close)
             inputs.connect(loop.wake)
             safety.driver(True)
@@ -182,9 +183,6 @@ class DeployNode(LifecycleNode):
             if recorder is not None:
                 stack.callback(recorder.close)  # first on release: commits the open episode
             return Deployment(bundle, command_map, safety, inputs, loop, stack.pop_all())
-
-    def _log(self, level: str, msg: str) -> None:
-        getattr(self.get_logger(), level)(msg)
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.deployment.loop.start()

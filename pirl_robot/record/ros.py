@@ -13,6 +13,7 @@ import json
 import time
 
 from pirl_robot.deploy.robot import parse_camera_entry
+from pirl_robot.drivers.ros_msgs import level_log
 from pirl_robot.record.recorder import Recorder, SessionInfo
 from pirl_robot.record.schema import RecordSchema
 
@@ -80,10 +81,9 @@ def attach_recorder(node, bundle, cmap, arm, safety_name: str, taps: list) -> Re
         bundle={"id": bundle.bundle_id, "content_sha256": bundle.content_sha256, "path": str(bundle.path)},
         spec=spec.to_dict(), params={**{k: p[k] for k in HEADER_PARAMS}, "safety": safety_name},
         noise_seed_base=p["seed"], outcome_source="sim" if p["record_outcome"].startswith("sim:") else "operator")
-    logger = node.get_logger()
-    log = {"info": logger.info, "warn": logger.warning, "error": logger.error}
+    log = level_log(node.get_logger())
     recorder = Recorder(p["record_dir"] or None, info, video=p["record_video"], live=p["rerun"],
-                        log=lambda level, msg: log.get(level, logger.info)(f"[record] {msg}"))
+                        log=lambda level, msg: log(level, f"[record] {msg}"))
     if recorder.session is not None:
-        logger.info(f"recording episodes to {recorder.session}")
+        log("info", f"recording episodes to {recorder.session}")
     return RecorderHandle(node, recorder, taps)
