@@ -78,7 +78,7 @@ class FreshInputs:
         w = self.sup.watchdog
         w.camera_frame("wrist"), w.joint_state(), w.policy_finished()
         measured = self.sup.filter.command
-        return self.sup.tick(raw, REST if measured is None else measured, T)
+        return self.sup.step(raw, REST if measured is None else measured, T)
 
 
 def main() -> None:

@@ -24,10 +24,6 @@ VERBS: dict[str, tuple[str, str]] = {
 }
 
 
-def register(verb: str, module: str, help_line: str) -> None:
-    VERBS[verb] = (module, help_line)
-
-
 def _usage() -> str:
     width = max(map(len, VERBS))
     lines = ["usage: pirl <verb> [args]   (pirl <verb> --help for details)", "", "verbs:"]

@@ -1,6 +1,6 @@
 """The one policy interface: observation in, action chunk out, identical in simulation, evaluation and on a robot.
 
-    policy = Policy.load("outputs/run/checkpoints/last")           # or a deploy bundle
+    policy = Policy.load("outputs/run/checkpoints/last")           # a checkpoint dir (bundles: bundle.load_bundle)
     out = policy.infer({"state": qpos_and_more, "images": {"wrist": img}}, noise=fixed_noise)
     out["actions"]  # (chunk_size, action_dim) robot-space commands, e.g. absolute joint targets
 """
@@ -62,6 +62,13 @@ class Policy:
             batch["instruction"] = [text] if isinstance(text, str) else list(text)
         return batch
 
+    def is_single(self, obs: Mapping[str, Any]) -> bool:
+        """One observation (state of rank 1, images of rank 3), not a batch: decided by whichever input the spec
+        has, so an image-only policy answers a single observation with a single chunk too."""
+        if self.spec.state_dim:
+            return np.ndim(obs["state"]) == 1
+        return np.ndim(obs["images"][self.spec.cameras[0].name]) == 3
+
     def prepare(self, raw: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return self.transforms.inputs(raw)
 
@@ -83,7 +90,7 @@ class Policy:
     def infer(self, obs: Mapping[str, Any], noise: np.ndarray | torch.Tensor | None = None,
               generator: torch.Generator | None = None) -> dict[str, np.ndarray]:
         raw = self.to_batch(obs)
-        single = raw[next(iter(raw))].shape[0] == 1 and (np.asarray(obs.get("state", [[0]])).ndim == 1)
+        single = self.is_single(obs)
         if noise is not None:
             noise = torch.as_tensor(np.asarray(noise), dtype=torch.float32)
             noise = noise.unsqueeze(0) if noise.ndim == 2 else noise

@@ -2,7 +2,7 @@
 
 Each transform maps a batch dict to a batch dict. The input pipeline of a policy turns a raw observation (and,
 in training, raw actions) into model space; the output pipeline turns model actions back into robot commands.
-Both pipelines are built from the spec and the dataset statistics in exactly one place (`build_transforms`),
+Both pipelines are built from the spec and the dataset statistics in exactly one place (`PolicyTransforms`),
 so simulation, evaluation and the robot cannot drift apart.
 
 Batch keys: ``state`` (B, S), ``actions`` (B, H, A), ``images.<cam>`` (B, H, W, 3) uint8 or float in [0, 1].

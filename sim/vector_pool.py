@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import signal
 import traceback
 from typing import Any, Self, Sequence
 
 import numpy as np
 
+from pirl_robot.process import die_with_parent
 from sim.vector_types import ChunkResult, EpisodeStats, Obs, WorkerError, stack_obs
 
 
@@ -110,7 +110,7 @@ class _EnvGroup:
 
 def _worker(conn, runner_cls: type[ChunkRunner], indices: list[int], runner_kwargs: dict[str, Any]) -> None:
     """Worker process loop: serve ("call", method, per-env args) until "close" or until the parent goes away."""
-    _die_with_parent()
+    die_with_parent()  # a crashed trainer leaves no orphan sims (build the env in a long-lived thread)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     runner_cls.prepare_worker()
     group = None
@@ -138,18 +138,6 @@ def _worker(conn, runner_cls: type[ChunkRunner], indices: list[int], runner_kwar
         if group is not None:
             group.close()
         conn.close()
-
-
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when the parent exits, so a crashed trainer leaves no orphan sims.
-
-    Linux ties this to the parent *thread*: build the vector env in a thread that lives as long as it."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: the pipe EOF in the worker loop still ends it
-        pass
 
 
 class ChunkVectorPool:

@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 
+from pirl_robot.deploy.taps import ChunkRecord, SafetyRecord, TickRecord
 from pirl_robot.drivers.arms.base import JointSample
 from pirl_robot.record.recorder import Recorder, SessionInfo
 from pirl_robot.record.schema import RecordSchema
@@ -46,22 +47,21 @@ def run(record_dir: str, name: str) -> None:
         for i in range(frames_of(k)):
             t = time.monotonic()
             if i % 4 == 0:
-                rec.tap("chunk", {"tick": tick, "actions": np.full((4, 2), k + i, np.float32),
-                                  "noise": np.full((4, 2), -i, np.float32), "latency_s": 0.005, "error": None,
-                                  "episode": k})
+                rec.tap(ChunkRecord(obs_tick=tick, episode=k, actions=np.full((4, 2), k + i, np.float32),
+                                    noise=np.full((4, 2), -i, np.float32), latency_s=0.005, error=None))
             js = JointSample(("j0", "j1"), np.array([k, i], float), np.zeros(2), t)
-            rec.tap("command", {"tick": tick, "raw": np.array([k, i], float), "applied": np.array([k, i], float),
-                                "events": [], "fault": None, "episode": k, "executing": True, "mode": "running",
-                                "obs": {"state": state_of(k, i), "images": {"cam": image_of(k, i)}}, "joints": js,
-                                "t": t, "overhead_s": 0.0005, "waited_s": 0.0})
+            rec.tap(TickRecord(tick=tick, episode=k, t=t, executing=True, mode="running",
+                               obs={"state": state_of(k, i), "images": {"cam": image_of(k, i)}}, joints=js,
+                               action=np.array([k, i], float), command=np.array([k, i], float), events=[],
+                               fault=None, overhead_s=0.0005, waited_s=0.0))
             if i == 3:
-                rec.tap("safety", {"events": [{"cause": "velocity_limit", "time": t, "mode": "running",
-                                               "detail": "a0"}], "episode": k})
+                rec.tap(SafetyRecord(episode=k, events=[{"cause": "velocity_limit", "time": t, "mode": "running",
+                                                          "detail": "a0"}]))
             tick += 1
             time.sleep(TICK_S)
-        rec.tap("command", {"tick": tick, "raw": None, "applied": None, "events": [], "fault": None, "episode": k,
-                            "executing": False, "mode": "stopped", "obs": None, "joints": None,
-                            "t": time.monotonic(), "overhead_s": 0.0, "waited_s": 0.0})
+        rec.tap(TickRecord(tick=tick, episode=k, t=time.monotonic(), executing=False, mode="stopped", obs=None,
+                           joints=None, action=None, command=None, events=[], fault=None, overhead_s=0.0,
+                           waited_s=0.0))
         tick += 1
         rec.set_outcome("success" if k % 2 else "failure", wait_s=0.0)
         time.sleep(PAUSE_S)

@@ -14,20 +14,15 @@ import rclpy
 from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
 
+from pirl_robot.process import die_with_parent_term
+
 
 def pattern_image(h, w, seed):
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
 
 
-def die_with_parent():
-    import ctypes
-    import signal
-
-    ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: never outlive the test process
-
-
 def main():
-    die_with_parent()
+    die_with_parent_term()  # never outlive the test process
     cfg = json.loads(sys.argv[1])
     rclpy.init()
     node = Node("third_party_driver")

@@ -84,6 +84,18 @@ def test_infer_is_reproducible_given_noise_and_validates_observations():
     assert out["actions"].shape == (4, 4)
 
 
+def test_image_only_policy_answers_a_single_observation_with_a_single_chunk():
+    """The spec allows a policy without a state vector: single vs batched comes from the image's rank then."""
+    spec = PolicySpec(state_names=(), action_names=("j0", "gripper"), action_state_index=(-1, -1), chunk_size=4,
+                      exec_horizon=4, cameras=(CameraSpec("wrist", 32, 32),))
+    policy = make_policy(spec)
+    img = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    single = policy.infer({"images": {"wrist": img}}, noise=np.zeros((4, 2)))["actions"]
+    batch = policy.infer({"images": {"wrist": img[None]}}, noise=np.zeros((1, 4, 2)))["actions"]
+    assert single.shape == (4, 2) and batch.shape == (1, 4, 2)
+    np.testing.assert_array_equal(single, batch[0])
+
+
 def test_save_load_round_trip_is_exact(tmp_path):
     policy = make_policy()
     policy.save(tmp_path / "ckpt")

@@ -13,6 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from record_crash_child import SCHEMA, image_of, state_of  # noqa: E402
 
+from pirl_robot.deploy.taps import TickRecord  # noqa: E402
 from pirl_robot.record.commit import commit_journal, recover  # noqa: E402
 from pirl_robot.record.episodes import RecordedEpisode  # noqa: E402
 from pirl_robot.record.journal import EpisodeJournal  # noqa: E402
@@ -93,15 +94,13 @@ def _episode(rec, k: int, tick: int) -> int:
 
     for i in range(10):
         t = time.monotonic()
-        rec.tap("command", {"tick": tick, "raw": np.array([k, i], float), "applied": np.array([k, i], float),
-                            "events": [], "fault": None, "episode": k, "executing": True, "mode": "running",
-                            "obs": {"state": state_of(k, i), "images": {"cam": image_of(k, i)}},
-                            "joints": JointSample(("j0", "j1"), np.zeros(2), None, t), "t": t, "overhead_s": 0.0,
-                            "waited_s": 0.0})
+        rec.tap(TickRecord(tick=tick, episode=k, t=t, executing=True, mode="running",
+                           obs={"state": state_of(k, i), "images": {"cam": image_of(k, i)}},
+                           joints=JointSample(("j0", "j1"), np.zeros(2), None, t), action=np.array([k, i], float),
+                           command=np.array([k, i], float), events=[], fault=None, overhead_s=0.0, waited_s=0.0))
         tick += 1
-    rec.tap("command", {"tick": tick, "raw": None, "applied": None, "events": [], "fault": None, "episode": k,
-                        "executing": False, "mode": "stopped", "obs": None, "joints": None, "t": time.monotonic(),
-                        "overhead_s": 0.0, "waited_s": 0.0})
+    rec.tap(TickRecord(tick=tick, episode=k, t=time.monotonic(), executing=False, mode="stopped", obs=None,
+                       joints=None, action=None, command=None, events=[], fault=None, overhead_s=0.0, waited_s=0.0))
     return tick + 1
 
 

@@ -34,7 +34,7 @@ class Loop:
 
     def tick(self):
         self.feed()
-        out = self.sup.tick(self.target, self.sup.filter.command if self.sup.filter.command is not None else REST, T)
+        out = self.sup.step(self.target, self.sup.filter.command if self.sup.filter.command is not None else REST, T)
         self.clock.t += T
         return out
 
@@ -152,7 +152,7 @@ def test_nothing_starts_before_every_input_has_arrived(panda_cfg, panda_fk):
     assert not ok
     for text in ("camera 'wrist'", "joint states", "policy results", "driver not connected"):
         assert text in why
-    assert sup.tick(REST, REST, T).command is None
+    assert sup.step(REST, REST, T).command is None
 
 
 def test_a_fault_during_a_pending_resume_cancels_it(panda_cfg, panda_fk):
@@ -205,7 +205,7 @@ def test_a_fault_detected_by_the_caller_holds_and_blocks_resume(panda_cfg, panda
     loop = Loop(panda_cfg, panda_fk)
     loop.start()
     loop.feed()
-    out = loop.sup.tick(loop.target, loop.sup.filter.command, T, fault=TimeoutError("joint state 120 ms old"))
+    out = loop.sup.step(loop.target, loop.sup.filter.command, T, fault=TimeoutError("joint state 120 ms old"))
     assert out.mode == Mode.HOLD and out.events[0].cause == "input_fault"
     assert "TimeoutError: joint state 120 ms old" in out.events[0].detail
     ok, why = loop.sup.resume()
@@ -219,8 +219,8 @@ def test_a_loop_with_its_own_input_checks_can_watch_only_the_rest(panda_cfg, pan
     sup = SafetySupervisor(panda_cfg, HZ, cameras=["wrist"], clock=clock, fk=panda_fk, watch=("policy",))
     sup.watchdog.policy_finished()
     assert sup.resume()[0]  # no camera, joint state or driver reports needed
-    assert sup.tick(REST, REST, T).mode in (Mode.STARTING, Mode.RUNNING)
+    assert sup.step(REST, REST, T).mode in (Mode.STARTING, Mode.RUNNING)
     clock.t += panda_cfg.watchdog.policy_stale_s + T  # the policy is still watched
-    assert sup.tick(REST, REST, T).mode == Mode.HOLD
+    assert sup.step(REST, REST, T).mode == Mode.HOLD
     with pytest.raises(ValueError, match=r"unknown watchdog inputs \['camera'\]"):
         Watchdog(panda_cfg.watchdog, watch=("camera",))

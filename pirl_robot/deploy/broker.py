@@ -6,6 +6,10 @@ crossfades from the old chunk over `blend_ticks` ticks (linear weights) where bo
 late or slightly different new plan does not jump the arm. A request for the next chunk is due `lead_ticks`
 before the current one has run `exec_horizon` actions, so inference can overlap execution. If no chunk covers a
 tick (the policy is slower than the plan lasts) the broker returns None: the caller holds (an underrun).
+
+The broker is also the one place that knows the chunk request in flight (`request`, at most one): made on the tick
+it was due, handed to the inference worker (`worker_id`), cleared when its chunk arrives, on `cancel_request` or
+on `reset` (so a chunk that answers a request of a stopped episode finds no request and is dropped).
 """
 
 from __future__ import annotations
@@ -13,6 +17,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+
+@dataclass
+class ChunkRequest:
+    """The chunk request in flight: for the observation of tick `obs_tick`."""
+
+    obs_tick: int
+    obs: dict | None = None  # held until the tick's command is out (an early request), then submitted
+    worker_id: int | None = None  # the inference worker's id for it, once submitted
 
 
 @dataclass
@@ -36,32 +49,33 @@ class ActionChunkBroker:
         self._cur: _Chunk | None = None
         self._old: _Chunk | None = None
         self._switch_tick = 0
-        self._requested_at: int | None = None
+        self.request: ChunkRequest | None = None
         self.chunks = 0
 
     @property
     def pending(self) -> bool:
-        return self._requested_at is not None
+        return self.request is not None
 
     def needs_inference(self, tick: int) -> bool:
-        if self._requested_at is not None:
+        if self.request is not None:
             return False
         if self._cur is None:
             return True
         return tick >= self._cur.start + self.exec_horizon - self.lead_ticks
 
-    def mark_requested(self, tick: int) -> None:
-        self._requested_at = tick
+    def mark_requested(self, tick: int) -> ChunkRequest:
+        self.request = ChunkRequest(tick)
+        return self.request
 
     def cancel_request(self) -> None:
-        self._requested_at = None
+        self.request = None
 
     def put(self, actions: np.ndarray, obs_tick: int, now_tick: int) -> None:
         """A chunk computed from the observation of `obs_tick`, delivered while tick `now_tick` is current."""
         actions = np.asarray(actions, dtype=np.float64)
         if actions.ndim != 2 or not np.isfinite(actions).all():
             raise ValueError(f"a chunk must be a finite (H, A) array, got shape {actions.shape}")
-        self._requested_at = None
+        self.request = None
         self.chunks += 1
         new = _Chunk(actions, obs_tick)
         if self._cur is not None and self.blend_ticks and self._cur.at(now_tick) is not None:

@@ -12,7 +12,7 @@ import numpy as np
 
 
 @dataclass
-class ChunkResult:
+class InferenceResult:
     request_id: int
     obs_tick: int
     actions: np.ndarray | None  # (H, A) policy actions, None on error
@@ -35,14 +35,13 @@ def check_chunk(actions, spec) -> np.ndarray:
 class InferenceWorker:
     """Holds at most one request; `on_result` runs on the worker thread."""
 
-    def __init__(self, policy, on_result: Callable[[ChunkResult], None], seed: int = -1):
+    def __init__(self, policy, on_result: Callable[[InferenceResult], None], seed: int = -1):
         self.policy, self.on_result = policy, on_result
         self._rng = np.random.default_rng(None if seed < 0 else seed)
         self._cond = threading.Condition()
         self._request: tuple[int, int, dict] | None = None
         self._next_id = 0
         self._stop = False
-        self.busy = False
         self._thread = threading.Thread(target=self._loop, name="policy-inference", daemon=True)
         self._thread.start()
 
@@ -65,15 +64,13 @@ class InferenceWorker:
                     return
                 rid, tick, obs = self._request
                 self._request = None
-                self.busy = True
             noise = self._rng.standard_normal((spec.chunk_size, spec.action_dim)).astype(np.float32)
             t0 = time.perf_counter()
             try:
                 actions, error = check_chunk(self.policy.infer(obs, noise=noise)["actions"], spec), None
             except Exception as e:  # NaN actions, bad observation, a crashing model: the control loop decides
                 actions, error = None, f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}"
-            result = ChunkResult(rid, tick, actions, noise, time.perf_counter() - t0, error)
-            self.busy = False
+            result = InferenceResult(rid, tick, actions, noise, time.perf_counter() - t0, error)
             self.on_result(result)
 
     def close(self) -> None:

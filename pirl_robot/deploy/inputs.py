@@ -12,24 +12,25 @@ from pirl_robot.drivers.arms.base import JointSample
 
 class Inputs:
     def __init__(self, node, params: dict, command_map: CommandMap, assembler: StateAssembler, instruction: str):
+        from pirl_robot.drivers.arms.ros2_control import Ros2ControlArm
+
         self.node, self.p, self.assembler, self.instruction = node, params, assembler, instruction
         self.command_map = command_map
-        self.arm = None
+        if assembler.needs_task_state and not params["task_state_topic"]:
+            raise ValueError(f"state entries {[n for _, n in assembler.from_task][:4]}... are not joint states: "
+                             f"set task_state_topic")
+        tfs = params["trajectory_time_from_start"] or 1.0 / params["control_hz"]
+        self.arm = Ros2ControlArm(node, command_map.names, params["joint_states_topic"], params["command_topic"],
+                                  params["command_interface"], tfs)
         self.cameras: dict = {}  # name -> (camera, CameraEntry)
         self._task_state: tuple[float, dict[str, float], float] | None = None  # (received, values, header stamp)
         self._task_sub = None
 
     def connect(self, on_joint_state: Callable[[JointSample], None]) -> None:
-        from pirl_robot.drivers.arms.ros2_control import Ros2ControlArm
+        """Subscribe to the arm's joint states (on_joint_state per message), the cameras and the task state."""
         from pirl_robot.drivers.cameras.factory import make_camera
 
         p = self.p
-        if self.assembler.needs_task_state and not p["task_state_topic"]:
-            raise ValueError(f"state entries {[n for _, n in self.assembler.from_task][:4]}... are not joint states: "
-                             f"set task_state_topic")
-        tfs = p["trajectory_time_from_start"] or 1.0 / p["control_hz"]
-        self.arm = Ros2ControlArm(self.node, self.command_map.names, p["joint_states_topic"], p["command_topic"],
-                                  p["command_interface"], tfs)
         self.arm.add_state_listener(on_joint_state)
         self.arm.connect()
         for entry in map(parse_camera_entry, p["cameras"]):
@@ -48,9 +49,7 @@ class Inputs:
         for cam, _ in self.cameras.values():
             cam.disconnect()
         self.cameras = {}
-        if self.arm is not None:
-            self.arm.disconnect()
-            self.arm = None
+        self.arm.disconnect()
         if self._task_sub is not None:
             self.node.destroy_subscription(self._task_sub)
             self._task_sub = None
@@ -71,7 +70,7 @@ class Inputs:
                                                      or self._task_state[2] < joints.source_stamp):
                 return True
             for cam, _ in self.cameras.values():
-                f = cam._latest
+                f = cam.latest()
                 if f is None or f.meta.get("source_stamp", joints.source_stamp) < joints.source_stamp:
                     return True
             return False

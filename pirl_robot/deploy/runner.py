@@ -25,6 +25,7 @@ from pathlib import Path
 import yaml
 
 from pirl_robot.deploy.plan import EXECUTABLES, LAUNCH_ARGUMENTS, NodePlan, default_config_dir, plan_nodes
+from pirl_robot.process import die_with_parent_term
 
 
 def ensure_ros_env() -> None:
@@ -177,16 +178,6 @@ def node_command(plan: NodePlan, overrides_file: str, log_level: str) -> list[st
             plan.params_file, "--params-file", overrides_file, "--log-level", log_level]
 
 
-def _die_with_parent() -> None:
-    """In a child: get SIGTERM when the runner dies, however it dies (Linux), so no node outlives it."""
-    import ctypes
-
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
 def run_processes(plans: list[NodePlan], log_level: str, start: bool, keys: bool = False) -> int:
     ensure_ros_env()
     procs: list[subprocess.Popen] = []
@@ -219,7 +210,7 @@ def run_processes(plans: list[NodePlan], log_level: str, start: bool, keys: bool
                 f = Path(tmp) / f"{p.name}.yaml"
                 f.write_text(yaml.safe_dump({p.name: {"ros__parameters": {**p.overrides, **(
                     {"autostart": True} if start and p.executable == "deploy_node" else {})}}}))
-                procs.append(subprocess.Popen(node_command(p, str(f), log_level), preexec_fn=_die_with_parent))
+                procs.append(subprocess.Popen(node_command(p, str(f), log_level), preexec_fn=die_with_parent_term))
             codes = [pr.wait() for pr in procs]
         except KeyboardInterrupt:
             stop_children()

@@ -1,8 +1,10 @@
 """The one place where every command passes the safety filter before it reaches an arm.
 
-The node calls `stage.step(...)` exactly once per control tick with the policy's raw action (or None: no chunk
-yet, an underrun, not executing), the measured joint state and this tick's input fault, if any. What it returns
-(in command units) is what gets sent; None sends nothing (the arm's controller keeps its last target).
+The control loop (deploy/control_loop.py) calls `stage.step(...)` exactly once per control tick with the policy's
+action (or None: no chunk yet, an underrun, not executing), the measured joint state and this tick's input fault,
+if any. What it returns (in command units) is what gets sent; None sends nothing (the arm's controller keeps its
+last target). Both stages speak the safety layers' one verb set: step, resume, stop, estop, reset_estop; the loop
+holds `stage.lock` (the safety filter's, the one lock of the safety layers) around step + send and estop + send.
 
 `SupervisedSafety` runs pirl_robot.safety's SafetySupervisor (limits, smooth start, controlled stop, watchdog,
 latching e-stop; docs/safety.md) in the policy's action space: the measured command joints are mapped back into
@@ -40,14 +42,14 @@ class UnfilteredPassThrough:
     def __init__(self, command_map):
         self.command_map = command_map
         self.estopped = False
-        self.lock = threading.RLock()  # the node holds it around step + send, and around estop + send
+        self.lock = threading.RLock()  # the loop holds it around step + send, and around estop + send
 
-    def step(self, raw, joints, fault, dt) -> SafetyOutcome:
-        if fault is not None or raw is None or self.estopped:
+    def step(self, action, joints, fault, dt) -> SafetyOutcome:
+        if fault is not None or action is None or self.estopped:
             return SafetyOutcome(None, [{"cause": f"fault: {fault}"}] if fault is not None else [], "pass")
-        return SafetyOutcome(self.command_map(raw), [], "pass")
+        return SafetyOutcome(self.command_map(action), [], "pass")
 
-    def start(self) -> tuple[bool, str]:
+    def resume(self) -> tuple[bool, str]:
         return (False, "e-stop is latched: reset it first") if self.estopped else (True, "")
 
     def stop(self) -> None:
@@ -86,7 +88,7 @@ class SupervisedSafety:
 
     @property
     def lock(self):
-        """The supervisor's (re-entrant) lock: the node holds it around step + send and around estop + send."""
+        """The supervisor's (re-entrant) lock: the loop holds it around step + send and around estop + send."""
         return self.sup.lock
 
     def drain_events(self) -> list[dict]:
@@ -101,29 +103,29 @@ class SupervisedSafety:
         except Exception:  # a joint missing from the message: the filter treats it as no valid measurement
             return None
 
-    def step(self, raw, joints, fault, dt) -> SafetyOutcome:
+    def step(self, action, joints, fault, dt) -> SafetyOutcome:
         with self.sup.lock:
             if self._resume_wanted and fault is None:
                 ok, _ = self.sup.resume()  # refused until every watched input is fresh: retried each tick
                 self._resume_wanted = not ok
-            res = self.sup.tick(raw, self.measured(joints), dt, fault)
+            res = self.sup.step(action, self.measured(joints), dt, fault)
         cmd = None if res.command is None else self.command_map(res.command)
         return SafetyOutcome(cmd, self.drain_events(), str(res.mode))
 
-    def start(self) -> tuple[bool, str]:
+    def resume(self) -> tuple[bool, str]:
+        """Accepted unless the e-stop is latched; the supervisor resumes on the first tick with fresh inputs."""
         if str(self.sup.mode) == "estop":
             return False, "e-stop is latched: reset it first"
-        self._resume_wanted = True  # resumes on the first tick with fresh inputs and a policy result
+        self._resume_wanted = True
         return True, ""
 
     def stop(self) -> None:
         self._resume_wanted = False
-        self.sup.filter.stop("operator_stop", "stop requested")
+        self.sup.stop("operator_stop", "stop requested")
 
     def estop(self, joints) -> np.ndarray | None:
         self._resume_wanted = False
-        with self.sup.lock:
-            res = self.sup.estop("e-stop pressed", self.measured(joints))
+        res = self.sup.estop("e-stop pressed", self.measured(joints))
         return None if res.command is None else self.command_map(res.command)
 
     def reset_estop(self) -> bool:

@@ -58,3 +58,16 @@ def qos(kind: str, depth: int = 1):
         raise ValueError(f"QoS kind must be 'sensor' or 'reliable', got {kind!r}")
     rel = ReliabilityPolicy.BEST_EFFORT if kind == "sensor" else ReliabilityPolicy.RELIABLE
     return QoSProfile(depth=depth, history=HistoryPolicy.KEEP_LAST, reliability=rel)
+
+
+def level_log(logger):
+    """log(level, msg) onto an rclpy logger; level: info | warn | warning | error. rclpy refuses one call site
+    with two severities ("Logger severity cannot be changed between calls"), so each level has its own line."""
+    def log(level: str, msg: str) -> None:
+        if level == "error":
+            logger.error(msg)
+        elif level in ("warn", "warning"):
+            logger.warning(msg)
+        else:
+            logger.info(msg)
+    return log

@@ -9,7 +9,7 @@ Modes:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -70,7 +70,6 @@ class Chain:
     velocities: torch.Tensor  # (B, K, H, A): the rollout policy's velocity at every step (π-StepNFT's v_old)
     logp: torch.Tensor  # (B,) log-likelihood of the stochastic transitions (reduced as configured)
     feats_mean: torch.Tensor  # (B, F): per-token features averaged over steps and tokens
-    extra: dict = field(default_factory=dict)
 
     @property
     def actions(self) -> torch.Tensor:

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import shutil
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from pirl_robot.process import wall_time
 from pirl_robot.record.episodes import EPISODE_EVENTS, EPISODE_META, OUTCOMES, RRD, RecordedEpisode
 from pirl_robot.record.files import (append_jsonl, dumps, fsync_dir, fsync_tree, read_jsonl,
                                      write_json_atomic)
@@ -193,7 +193,7 @@ def episode_meta(j: JournalContents, frames: int, session: Path) -> dict:
         "event_counts": causes, "noise_seed": h.get("noise_seed"), "params": h.get("params", {}),
         "schema": h["schema"], "spec": h.get("spec"), "video": bool(h.get("video", False)),
         "sim": end.get("sim"), "policy_latency_ms_mean": float(np.mean(chunk_lat)) if chunk_lat else None,
-        "committed_time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "committed_time": wall_time(),
     }
 
 

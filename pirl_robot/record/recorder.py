@@ -1,14 +1,14 @@
 """The episode recorder: the deploy node's taps in, one crash-safe LeRobotDataset per episode out.
 
     rec = Recorder("recordings/", SessionInfo(...))       # record/ros.py builds it from the node's parameters
-    node.taps.append(rec.tap)                             # fn(kind, record) from the control loop
+    node.taps.append(rec.tap)                             # typed records from the control loop (deploy/taps.py)
     rec.set_outcome("success", "operator")                # the open episode, else the last one
     rec.close()                                           # commits what is open, waits for the writer
 
 Nothing heavy runs on the control loop: a tap only puts the record on a queue. A writer thread keeps the
 episode's journal (record/journal.py: append-only, fsynced) and the live Rerun view; at the end of the episode
-the journal is handed to a commit worker PROCESS (record/commit.py: lerobot writer, then one atomic rename), so
-video encoding and parquet writing never hold this process's GIL while the next episode runs.
+the journal is handed to a commit worker PROCESS (record/commit_pool.py runs record/commit.py: lerobot writer, then
+one atomic rename), so video encoding and parquet writing never hold this process's GIL while the next episode runs.
 
 Episodes follow the node: the first executing tick of node episode N opens episode_N; ticks after ~/stop are
 recorded while the safety filter brings the arm to rest (at most `stop_grace_s`), then the episode closes.
@@ -18,24 +18,25 @@ episodes, or discarded with a message when they hold no frame.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import queue
 import threading
 import time
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from pirl_robot.record.commit import CommitResult, append_outcome, commit_journal, recover, refresh_outcome
+from pirl_robot.deploy.taps import ChunkRecord, SafetyRecord, TapRecord, TickRecord
+from pirl_robot.process import wall_time
+from pirl_robot.record.commit import CommitResult, append_outcome, refresh_outcome
+from pirl_robot.record.commit_pool import CommitPool, commit_quietly, recover_quietly
 from pirl_robot.record.files import JsonlAppender, write_json_atomic
 from pirl_robot.record.journal import EpisodeJournal
 from pirl_robot.record.schema import RecordSchema
-
-MOVING_MODES = ("starting", "running", "hold", "stopping")  # the filter still commands motion (as in deploy/node.py)
+from pirl_robot.safety.filter import IN_MOTION
 RESULTS = ("success", "failure", "unknown")
 SIM_STATUS_WAIT_S = 3.0  # how long a closed episode waits for the simulated arm's final status
 
@@ -72,69 +73,50 @@ class _Episode:
     sim_final: bool = False
 
 
-def _commit_worker_init() -> None:
-    """In the commit process: die with the recorder (a kill -9 of the node must not leave a writer behind) and
-    load lerobot once."""
-    import ctypes
-    import signal
-
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    os.nice(10)  # below the control loop: commits may take their time, ticks may not
-    import lerobot.datasets.lerobot_dataset  # noqa: F401
-
-
-def _quiet_commit(journal: Path, rrd: bool) -> CommitResult:
-    return commit_journal(journal, rrd=rrd, log=lambda *a: None)
-
-
-def _quiet_recover(record_dir: Path, rrd: bool, exclude: Path) -> list[CommitResult]:
-    return recover(record_dir, rrd=rrd, log=lambda *a: None, exclude=exclude)
-
-
 class Recorder:
     def __init__(self, record_dir: str | Path | None, info: SessionInfo, *, video: bool = False, live: str = "",
                  rrd: bool = True, commit_in: str = "process", stop_grace_s: float = 5.0,
                  sync_every_s: float = 0.25, log: Callable[[str, str], None] | None = None):
-        if commit_in not in ("process", "thread"):
-            raise ValueError("commit_in must be 'process' or 'thread'")
         self.record_dir = None if record_dir is None else Path(record_dir)  # None: live view only
         self.info, self.video, self.live, self.rrd = info, video, live, rrd
         self.commit_in, self.sync_every_s = commit_in, sync_every_s
         self.grace_ticks = max(1, int(stop_grace_s * info.schema.fps))
         self.log = log or (lambda level, msg: print(f"[record] {msg}", flush=True))
+        self.commits = CommitPool(commit_in, self.log)  # started on the writer thread
         self.session = self._make_session_dir()
         self.current_episode: int | None = None  # read by the operator's service (answers which episode)
         self.last_episode: int | None = None
-        self.committed: list[CommitResult] = []
-        self.errors = 0
+        self.record_errors = 0
         self._q: queue.Queue = queue.Queue()
-        self._futures: list[Future] = []
-        self._jobs: dict[Future, tuple] = {}  # what each commit job was (redone if its worker dies)
         self._ep: _Episode | None = None
         self._joint_names: tuple[str, ...] | None = None
         self._last_tick = 0
-        self._early: list[tuple[dict, float]] = []  # chunks of an episode not opened yet
+        self._early: list[tuple[ChunkRecord, float]] = []  # chunks of an episode not opened yet
         self._awaiting: list[_Episode] = []  # closed, waiting for the simulated arm's final status
         self._pending_events: list[dict] = []  # safety events waiting for the next command record
         self._session_events: JsonlAppender | None = None  # events outside any episode
         self._session_sync = 0.0
         self._live_log = None
-        self._pool: Executor | None = None
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="recorder", daemon=True)
         self._thread.start()
 
+    @property
+    def committed(self) -> list[CommitResult]:
+        return self.commits.committed
+
+    @property
+    def errors(self) -> int:
+        return self.record_errors + self.commits.errors
+
     # --- called from any thread ---------------------------------------------------------------------------
-    def tap(self, kind: str, rec: dict) -> None:
+    def tap(self, rec: TapRecord) -> None:
         """node.taps entry: must be cheap, it runs on the control loop."""
-        if kind == "command" and rec.get("obs") is not None:
-            obs = rec["obs"]
-            rec = {**rec, "obs": {**obs, "images": {k: np.array(v) for k, v in obs.get("images", {}).items()}}}
-        self._q.put((kind, rec, time.monotonic()))
+        if isinstance(rec, TickRecord) and rec.obs is not None:  # the drivers reuse their image buffers
+            obs = rec.obs
+            rec = dataclasses.replace(rec, obs={**obs, "images": {k: np.array(v)
+                                                                  for k, v in obs.get("images", {}).items()}})
+        self._q.put((type(rec).__name__, rec, time.monotonic()))
 
     def sim_status(self, status: dict) -> None:
         self._q.put(("status", status, time.monotonic()))
@@ -147,7 +129,7 @@ class Recorder:
             raise ValueError(f"outcome must be one of {RESULTS}, got {result!r}")
         answer: dict = {"done": threading.Event()}
         self._q.put(("outcome", {"result": result, "source": source, "detail": detail or {},
-                                 "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "_answer": answer},
+                                 "time": wall_time(), "_answer": answer},
                      time.monotonic()))
         if not answer["done"].wait(wait_s):
             return f"outcome {result} queued"
@@ -184,22 +166,17 @@ class Recorder:
                 "session": path.name, "task": self.info.task, "robot": self.info.robot,
                 "operator": self.info.operator, "bundle": self.info.bundle, "params": self.info.params,
                 "outcome_source": self.info.outcome_source, "host": os.uname().nodename, "pid": os.getpid(),
-                "start_time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+                "start_time": wall_time()})
         except OSError as e:
             raise ValueError(f"cannot record into {self.record_dir}: {e}") from e
         self.info.name = path.name
         return path
 
-    def _new_pool(self) -> Executor:
-        # Created (and its worker spawned) from this long-lived thread: PR_SET_PDEATHSIG follows the creator.
-        return (ProcessPoolExecutor(1, mp_context=_spawn(), initializer=_commit_worker_init)
-                if self.commit_in == "process" else ThreadPoolExecutor(1, thread_name_prefix="commit"))
-
     def _run(self) -> None:
-        self._pool = self._new_pool()
+        self.commits.start()  # from this long-lived thread: the worker dies with it (PR_SET_PDEATHSIG)
         # Journals a crash left behind (any session under record_dir) go first, in the commit worker.
         if self.session is not None:
-            self._submit(_quiet_recover, self.record_dir, self.rrd, self.session)
+            self.commits.submit(recover_quietly, self.record_dir, self.rrd, self.session)
         while True:
             try:
                 kind, rec, t = self._q.get(timeout=0.1)
@@ -211,86 +188,35 @@ class Recorder:
                     break
                 if kind == "flush":
                     self._finish_awaiting(force=True)
-                    self._wait_commits()
+                    self.commits.wait()
                     rec.set()
                     continue
-                {"command": self._on_command, "chunk": self._on_chunk, "safety": self._on_safety,
+                {"TickRecord": self._on_tick, "ChunkRecord": self._on_chunk, "SafetyRecord": self._on_safety,
                  "status": self._on_status, "outcome": self._on_outcome}[kind](rec, t)
             except Exception as e:  # a recording problem must never stop the robot: log it, keep going
-                self.errors += 1
+                self.record_errors += 1
                 self.log("error", f"recorder: {kind} record failed: {type(e).__name__}: {e}")
         try:
             self._place_pending_events()
             if self._ep is not None:
                 self._close_episode("shutdown")
             self._finish_awaiting(force=True)
-            self._wait_commits()
+            self.commits.wait()
         finally:
             if self._session_events is not None:
                 self._session_events.close()
-            self._pool.shutdown(wait=True)
+            self.commits.shutdown()
             if self._live_log is not None:
                 self._live_log.close()
 
-    def _submit(self, fn, *args) -> None:
-        try:
-            fut = self._pool.submit(fn, *args)
-        except BrokenProcessPool:
-            self._redo_broken()
-            fut = self._pool.submit(fn, *args)
-        fut.add_done_callback(self._on_committed)
-        self._futures.append(fut)
-        self._jobs[fut] = (fn, *args)
-
-    def _redo_broken(self) -> None:
-        """The commit worker died (killed, out of memory): start another and redo the jobs it dropped."""
-        lost = [(f, job) for f, job in self._jobs.items() if f.done() and isinstance(f.exception(), BrokenProcessPool)]
-        if not lost and not getattr(self._pool, "_broken", False):
-            return
-        self.log("warn", f"the commit worker died; starting a new one and redoing {len(lost)} job(s)")
-        self._pool.shutdown(wait=False)
-        self._pool = self._new_pool()
-        for f, job in lost:
-            del self._jobs[f]
-            self._futures.remove(f)
-            self._submit(*job)
-
-    def _on_committed(self, fut: Future) -> None:
-        try:
-            res = fut.result()
-        except BrokenProcessPool:
-            return  # redone by a new worker (_redo_broken)
-        except Exception as e:
-            self.errors += 1
-            self.log("error", f"commit failed: {type(e).__name__}: {e} (the journal is kept and committed on the "
-                              f"next start)")
-            return
-        for r in res if isinstance(res, list) else [res]:
-            self.committed.append(r)
-            self.log("warn" if r.status in ("recovered", "discarded", "failed") else "info", r.message)
-
-    def _wait_commits(self) -> None:
-        for _ in range(2):  # a worker that died while we waited is replaced once
-            for fut in list(self._futures):
-                try:
-                    fut.result()
-                except Exception:
-                    pass  # logged by _on_committed
-            if not any(isinstance(f.exception(), BrokenProcessPool) for f in self._futures if f.done()):
-                break
-            self._redo_broken()
-        self._futures = [f for f in self._futures if not f.done()]
-        self._jobs = {f: j for f, j in self._jobs.items() if not f.done() or
-                      isinstance(f.exception(), BrokenProcessPool)}
-
     # --- records ------------------------------------------------------------------------------------------
-    def _on_command(self, rec: dict, t: float) -> None:
-        self._last_tick = rec["tick"]
-        if rec.get("joints") is not None:
-            self._joint_names = tuple(rec["joints"].names)
+    def _on_tick(self, rec: TickRecord, t: float) -> None:
+        self._last_tick = rec.tick
+        if rec.joints is not None:
+            self._joint_names = tuple(rec.joints.names)
         ep = self._ep
-        if rec.get("executing"):
-            if ep is None or ep.number != rec["episode"]:
+        if rec.executing:
+            if ep is None or ep.number != rec.episode:
                 if ep is not None:
                     self._close_episode("next episode started")
                 ep = self._open_episode(rec)
@@ -298,16 +224,16 @@ class Recorder:
             self._record_tick(ep, rec)
         elif ep is not None:
             if ep.stop_tick is None:
-                ep.stop_tick = rec["tick"]
-            if rec.get("mode") in MOVING_MODES and rec["tick"] - ep.stop_tick < self.grace_ticks:
+                ep.stop_tick = rec.tick
+            if rec.mode in IN_MOTION and rec.tick - ep.stop_tick < self.grace_ticks:
                 self._record_tick(ep, rec)  # the controlled stop belongs to the episode
             else:
                 self._place_pending_events()  # "stopped" and the like, raised on this last tick
                 self._close_episode("stopped")
         self._place_pending_events()
 
-    def _open_episode(self, rec: dict) -> _Episode:
-        info, n = self.info, int(rec["episode"])
+    def _open_episode(self, rec: TickRecord) -> _Episode:
+        info, n = self.info, int(rec.episode)
         schema = info.schema
         if self._joint_names and self._joint_names != schema.joint_names:
             schema = RecordSchema.from_dict({**schema.to_dict(), "joint_names": self._joint_names})
@@ -316,10 +242,10 @@ class Recorder:
                   "operator": info.operator, "bundle": info.bundle, "spec": info.spec, "schema": schema.to_dict(),
                   "video": self.video, "params": info.params,
                   "noise_seed": info.noise_seed_base + n if info.noise_seed_base >= 0 else None,
-                  "start_time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "t0": rec.get("t")}
+                  "start_time": wall_time(), "t0": rec.t}
         journal = (EpisodeJournal(self.session / "journal" / f"episode_{n:06d}", header, self.sync_every_s)
                    if self.session is not None else _NoJournal())
-        self._ep = ep = _Episode(n, journal, float(rec.get("t") or time.monotonic()))
+        self._ep = ep = _Episode(n, journal, float(rec.t))
         self.current_episode = n
         if self.live:
             from pirl_robot.record.rerun_log import EpisodeLogger, episode_markdown
@@ -330,68 +256,68 @@ class Recorder:
         self.log("info", f"recording episode {n} -> {journal.root}")
         early, self._early = self._early, []
         for r, tt in early:
-            if r.get("episode") == n:
+            if r.episode == n:
                 self._on_chunk(r, tt)
         return ep
 
-    def _record_tick(self, ep: _Episode, rec: dict) -> None:
+    def _record_tick(self, ep: _Episode, rec: TickRecord) -> None:
         ep.ticks += 1
-        t = float(rec.get("t") or time.monotonic())
-        obs = rec.get("obs")
+        t = float(rec.t)
+        obs = rec.obs
         if obs is None:
             ep.fault_ticks += 1
-            text = str(rec.get("fault") or "no observation")
+            text = rec.fault or "no observation"
             if text != ep.fault:
-                ep.journal.event({"kind": "fault", "t": t, "tick": rec["tick"], "detail": text})
-                self._live_event(rec["tick"], t - ep.t0, "fault", text)
+                ep.journal.event({"kind": "fault", "t": t, "tick": rec.tick, "detail": text})
+                self._live_event(rec.tick, t - ep.t0, "fault", text)
             ep.fault = text
             return
         ep.fault = None
-        joints = rec.get("joints")
+        joints = rec.joints
         jrec = None
         if joints is not None:
             names = self.info.schema.joint_names
             pos = joints.position if tuple(joints.names) == names else _pick(joints, names, "position")
             vel = joints.velocity if tuple(joints.names) == names else _pick(joints, names, "velocity")
             jrec = {"position": _list(pos), "velocity": _list(vel), "age_ms": (t - joints.stamp) * 1e3}
-        frame = {"tick": rec["tick"], "t": t, "executing": bool(rec.get("executing")), "mode": rec.get("mode", ""),
-                 "state": _list(obs["state"]), "joints": jrec, "raw": _list(rec.get("raw")),
-                 "applied": _list(rec.get("applied")), "overhead_ms": 1e3 * float(rec.get("overhead_s") or 0.0),
-                 "wait_ms": 1e3 * float(rec.get("waited_s") or 0.0)}
+        # on disk (record/schema.py) the policy's action is "raw" and the command sent is "applied"
+        frame = {"tick": rec.tick, "t": t, "executing": rec.executing, "mode": rec.mode,
+                 "state": _list(obs["state"]), "joints": jrec, "raw": _list(rec.action),
+                 "applied": _list(rec.command), "overhead_ms": 1e3 * rec.overhead_s, "wait_ms": 1e3 * rec.waited_s}
         ep.journal.frame(frame, obs.get("images", {}))
         if self._live_log is not None:
-            self._live_log.frame(rec["tick"], t - ep.t0, state=obs["state"], images=obs.get("images"),
-                                 raw=rec.get("raw"), applied=rec.get("applied"),
+            self._live_log.frame(rec.tick, t - ep.t0, state=obs["state"], images=obs.get("images"),
+                                 raw=rec.action, applied=rec.command,
                                  latencies={"tick_overhead_ms": frame["overhead_ms"], "chunk_wait_ms": frame["wait_ms"],
                                             "state_age_ms": jrec["age_ms"] if jrec else None})
 
-    def _on_chunk(self, rec: dict, t: float) -> None:
+    def _on_chunk(self, rec: ChunkRecord, t: float) -> None:
         ep = self._ep
-        if ep is None or rec.get("episode") != ep.number:
+        if ep is None or rec.episode != ep.number:
             # The first chunk of an episode usually arrives while its first tick waits for it, before that
-            # tick's command record opens the episode: keep it for the opening.
-            if ep is None or rec.get("episode", 0) > ep.number:
-                self._early = [(r, tt) for r, tt in self._early if r.get("episode") == rec.get("episode")]
+            # tick's record opens the episode: keep it for the opening.
+            if ep is None or rec.episode > ep.number:
+                self._early = [(r, tt) for r, tt in self._early if r.episode == rec.episode]
                 self._early.append((rec, t))
             return
-        if rec.get("error"):
-            ep.journal.event({"kind": "policy_error", "t": t, "tick": rec["tick"],
-                              "detail": str(rec["error"]).splitlines()[0]})
-            self._live_event(rec["tick"], t - ep.t0, "policy_error", str(rec["error"]).splitlines()[0])
+        if rec.error:
+            ep.journal.event({"kind": "policy_error", "t": t, "tick": rec.obs_tick,
+                              "detail": rec.error.splitlines()[0]})
+            self._live_event(rec.obs_tick, t - ep.t0, "policy_error", rec.error.splitlines()[0])
             return
-        ep.journal.chunk({"obs_tick": rec["tick"], "actions": _list(rec["actions"]), "noise": _list(rec["noise"]),
-                          "latency_ms": 1e3 * float(rec.get("latency_s") or 0.0)})
+        ep.journal.chunk({"obs_tick": rec.obs_tick, "actions": _list(rec.actions), "noise": _list(rec.noise),
+                          "latency_ms": 1e3 * rec.latency_s})
         if self._live_log is not None:
-            self._live_log.chunk(rec["tick"], t - ep.t0, rec["actions"], 1e3 * float(rec.get("latency_s") or 0.0))
+            self._live_log.chunk(rec.obs_tick, t - ep.t0, rec.actions, 1e3 * rec.latency_s)
 
-    def _on_safety(self, rec: dict, t: float) -> None:
-        for e in rec["events"]:
+    def _on_safety(self, rec: SafetyRecord, t: float) -> None:
+        for e in rec.events:
             line = {"kind": "safety", "cause": e.get("cause", ""), "mode": e.get("mode", ""),
                     "detail": e.get("detail", ""), "raw": e.get("raw"), "applied": e.get("applied"),
                     "t": float(e["time"]) if isinstance(e.get("time"), (int, float)) else t}
             if self._ep is None:
-                # A tick's events come just before its command record, which may open an episode ("start" on
-                # the first executing tick): the next command record decides where they belong.
+                # A tick's events come just before its tick record, which may open an episode ("start" on
+                # the first executing tick): the next tick record decides where they belong.
                 self._pending_events.append(line)
             else:
                 self._event(self._ep, line)
@@ -440,7 +366,7 @@ class Recorder:
                 self._live_event(None, t - ep.t0, "outcome", f"{o['result']} ({o['source']})")
             elif self.session is not None:  # after the episode: outcomes.jsonl (fsynced now), then the copy
                 append_outcome(self.session, o)
-                self._submit(refresh_outcome, self.session, target)
+                self.commits.submit(refresh_outcome, self.session, target)
             message = f"episode {target}: {o['result']} ({o['source']})"
         self.log("info", f"outcome: {message}")
         if answer is not None:
@@ -466,14 +392,14 @@ class Recorder:
             outcome = {"result": "success" if s.get("success_once") else "failure", "source": "sim",
                        "detail": {k: s.get(k) for k in ("episode", "seed", "step", "success", "success_once",
                                                          "max_steps", "task", "status")}}
-        ep.journal.end({"reason": ep.close_reason, "wall_time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        ep.journal.end({"reason": ep.close_reason, "wall_time": wall_time(),
                         "outcome": outcome, "sim": ep.sim, "ticks": ep.ticks, "fault_ticks": ep.fault_ticks})
         if outcome is not None:
             self._live_event(None, time.monotonic() - ep.t0, "outcome", f"{outcome['result']} ({outcome['source']})")
         if self.session is not None:
             self.log("info", f"episode {ep.number} closed ({ep.close_reason}, {ep.journal.n_frames} frames); "
                              f"committing")
-            self._submit(_quiet_commit, ep.journal.root, self.rrd)
+            self.commits.submit(commit_quietly, ep.journal.root, self.rrd)
 
     def _finish_awaiting(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -503,12 +429,6 @@ class _NoJournal:
 
     def end(self, info):
         pass
-
-
-def _spawn():
-    import multiprocessing
-
-    return multiprocessing.get_context("spawn")
 
 
 def _list(x):

@@ -118,7 +118,7 @@ def _execute_over_ros(ep: RecordedEpisode, safety: str, a):
         import time
 
         deadline = time.monotonic() + 10.0
-        while arm._latest is None and time.monotonic() < deadline:
+        while arm.latest() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         return execute_episode(ep, arm, safety, a.commands, realtime=True)
     finally:

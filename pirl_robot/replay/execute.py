@@ -92,7 +92,7 @@ def execute_episode(episode: RecordedEpisode, arm, safety_config: str, source: s
     actions = schema.command_to_action(c["command.applied"][rows]) if source == "applied" else c["action"][rows]
     period = 1.0 / spec.control_hz
     stage.driver(True)
-    ok, why = stage.start()
+    ok, why = stage.resume()
     if not ok:
         raise RuntimeError(f"the safety filter refused to start: {why}")
     measured, events, sent, modified, sent_commands, stale = [], [], 0, 0, [], 0
@@ -108,7 +108,7 @@ def execute_episode(episode: RecordedEpisode, arm, safety_config: str, source: s
                 joints = dataclasses.replace(joints, stamp=time.monotonic())
             stage.observed(joints, {})
         except StaleStateError as e:  # as on the robot: the safety stage holds this tick
-            fault, joints, stale = e, arm._latest, stale + 1
+            fault, joints, stale = e, arm.latest(), stale + 1
             if joints is None:
                 raise
         now = time.monotonic()

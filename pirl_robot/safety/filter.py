@@ -14,6 +14,9 @@ is inside the soft position limits (or, right after a start in the margin band, 
 per-tick change is within max_step and max_velocity*T, its change of velocity within max_acceleration*T, and the
 end effector of it and of its full braking stop is inside the workspace box. Jerk limits are kept where they fit
 with those (never while braking). An e-stop is the one exception: it holds at the measured state at once.
+
+Threads: `lock` (re-entrant) is the one lock of the safety layers; every public method takes it, and
+SafetySupervisor and the deploy node's safety stage hand out this same object as their `lock`.
 """
 
 from __future__ import annotations
@@ -48,8 +51,9 @@ class Mode(StrEnum):
     ESTOP = "estop"          # latched hold at the measured state
 
 
-MOVING = (Mode.STARTING, Mode.RUNNING)
-BRAKING = (Mode.HOLD, Mode.STOPPING)
+FOLLOWING = (Mode.STARTING, Mode.RUNNING)  # the command follows the policy (limited)
+BRAKING = (Mode.HOLD, Mode.STOPPING)  # the command brakes to rest
+IN_MOTION = FOLLOWING + BRAKING  # the filter still streams commands that may move the arm
 
 
 @dataclass(slots=True)
@@ -109,7 +113,7 @@ class SafetyFilter:
         """Allow motion: (re)start from the measured state, once at rest. Refused while the e-stop is latched."""
         if self.mode == Mode.ESTOP:
             return False, "e-stop is latched: reset it first"
-        if self.mode in MOVING:
+        if self.mode in FOLLOWING:
             return True, f"already {self.mode}"
         self._resume_pending = True
         return True, "restarting from the measured state" + (" once at rest" if self.mode in BRAKING else "")
@@ -118,14 +122,14 @@ class SafetyFilter:
     def hold(self, cause: str, detail: str = "") -> None:
         """Brake within limits and hold (a stale input, a policy fault). Only a `resume` moves on."""
         self._resume_pending = False
-        if self.mode in MOVING:
+        if self.mode in FOLLOWING:
             self._set_mode(Mode.HOLD, cause, detail)
 
     @_locked
     def stop(self, cause: str, detail: str = "") -> None:
         """Controlled stop: brake within limits to rest, then STOPPED."""
         self._resume_pending = False
-        if self.mode in MOVING or self.mode == Mode.HOLD:
+        if self.mode in FOLLOWING or self.mode == Mode.HOLD:
             self._set_mode(Mode.STOPPING, cause, detail)
 
     @_locked
@@ -176,7 +180,7 @@ class SafetyFilter:
         resynced = False
         if self._resume_pending and (self.mode in (Mode.IDLE, Mode.STOPPED) or (self.mode in BRAKING and self.at_rest)):
             resynced = self._start(meas, meas_problem)
-        if self.mode in MOVING:
+        if self.mode in FOLLOWING:
             if meas is None:
                 self._set_mode(Mode.HOLD, "joint_state_invalid", meas_problem)
             else:

@@ -28,7 +28,7 @@ WATCHABLE = ("cameras", "joint_states", "policy", "driver")
 
 class Watchdog:
     """`watch`: the inputs checked here (all by default). A loop that already checks some inputs itself can leave
-    them out and pass its own findings to `SafetySupervisor.tick(..., fault=...)` instead."""
+    them out and pass its own findings to `SafetySupervisor.step(..., fault=...)` instead."""
 
     def __init__(self, cfg: WatchdogConfig, cameras: Iterable[str] = (), clock: Callable[[], float] = time.monotonic,
                  watch: Iterable[str] = WATCHABLE):

@@ -91,7 +91,7 @@ class ArmBridgeNode(Node):
     def publish_state(self, stamp=None) -> None:
         from sensor_msgs.msg import JointState
 
-        s = self.arm._latest
+        s = self.arm.latest()
         if s is None:
             return
         msg = JointState()

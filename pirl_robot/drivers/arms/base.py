@@ -74,11 +74,15 @@ class Arm:
         for fn in self._listeners:
             fn(sample)
 
+    def latest(self) -> JointSample | None:
+        """The newest joint sample however old (None before the first): where the arm was, for braking."""
+        with self._lock:
+            return self._latest
+
     def read_state(self, max_age_ms: float) -> JointSample:
         if not self._connected:
             raise ArmError(f"{type(self).__name__} is not connected")
-        with self._lock:
-            s = self._latest
+        s = self.latest()
         if s is None:
             raise StaleStateError("no joint state received yet")
         if s.age_ms() > max_age_ms:

@@ -7,11 +7,21 @@ Float64MultiArray commands as a ros2_control Panda (arm joints in rad, panda_fin
 (std_srvs/Trigger) starts a new episode with the next seed; the episode clock starts with the first command.
 
     pirl-sim-arm --ros-args -p task:=PushCube-v1 -p obs_mode:=state -p seed:=1000
+    pirl-sim-arm --ros-args -p step_on:=command         # lockstep: one simulator step per command
+
+Two clocks (`step_on`):
+- `clock` (default): like hardware, the simulator steps every 1/rate_hz from the first command on, commanded or
+  not, and the state goes out after each step.
+- `command` (lockstep, for tests and CI): every command received steps the simulator once and its state goes out
+  at once, so a consumer that ticks on joint states runs step for step with the simulator, however slow the
+  machine: a late tick delays the episode but never changes it. While no command comes for
+  `lockstep_keepalive_s`, the state is published again unchanged (the consumer's inputs stay fresh).
 """
 
 from __future__ import annotations
 
 import json
+import time
 
 from pirl_robot.drivers.arms.arm_node import ArmBridgeNode
 from pirl_robot.drivers.arms.base import Arm
@@ -27,6 +37,10 @@ class SimArmNode(ArmBridgeNode):
         "seed": (1000, "Seed of the first episode; each reset uses the next one."),
         "task_state_topic": ("/task_state", "Named non-joint state entries (sensor_msgs/JointState)."),
         "start_on_first_command": (True, "Hold the simulation after a reset until the first command arrives."),
+        "step_on": ("clock", "'clock': step every 1/rate_hz (like hardware); 'command': one step per command "
+                             "(lockstep)."),
+        "lockstep_keepalive_s": (0.2, "Lockstep: publish the unchanged state again after this long without a "
+                                      "command."),
     }
 
     def make_arm(self) -> Arm:
@@ -47,6 +61,10 @@ class SimArmNode(ArmBridgeNode):
         self.task_pub = self.create_publisher(JointState, self.p["task_state_topic"], qos("sensor", 5))
         self.episode_pub = self.create_publisher(String, "~/episode", qos("reliable", 10))
         self.create_service(Trigger, "~/reset", self._srv_reset)
+        if self.p["step_on"] not in ("clock", "command"):
+            raise ValueError(f"{node_name}: step_on must be 'clock' or 'command', got {self.p['step_on']!r}")
+        self.lockstep = self.p["step_on"] == "command"
+        self.last_publish = 0.0
         self.episode, self.seed = 0, self.p["seed"]
         self._reset(self.seed)
 
@@ -58,11 +76,20 @@ class SimArmNode(ArmBridgeNode):
     def _srv_reset(self, request, response):
         self.episode += 1
         self._reset(self.p["seed"] + self.episode)
+        if self.lockstep:
+            self.publish_state()  # the new episode's state at once (no clock publishes it)
         response.success, response.message = True, json.dumps(self.episode_status())
         return response
 
     def send_named(self, targets, names) -> None:
         self.arm.send(targets, names)  # the sim also takes a normalised "gripper" entry
+
+    def _command(self, targets, names) -> None:
+        received = self.commands_received
+        super()._command(targets, names)
+        if self.lockstep and self.commands_received > received and self.status != "done":
+            self._step_episode()  # lockstep: this command's step, and its state out at once
+            self.publish_state()
 
     def episode_status(self) -> dict:
         return {"episode": self.episode, "seed": self.seed, "step": self.arm.steps, "status": self.status,
@@ -70,9 +97,19 @@ class SimArmNode(ArmBridgeNode):
                 "max_steps": self.p["max_episode_steps"], "task": self.p["task"],
                 "commands": self.commands_received - self.commands_at_reset}
 
+    def _on_timer(self) -> None:
+        if not self.lockstep:
+            return super()._on_timer()
+        if time.monotonic() - self.last_publish >= self.p["lockstep_keepalive_s"]:
+            self.publish_state()  # no command for a while: the same state again, freshly stamped
+
     def advance(self) -> None:
         waiting = self.p["start_on_first_command"] and self.commands_received == self.commands_at_reset
-        if self.status != "done" and not waiting:
+        if not waiting:
+            self._step_episode()
+
+    def _step_episode(self) -> None:
+        if self.status != "done":
             self.arm.step()
             self.status = "running"
             if self.arm.steps >= self.p["max_episode_steps"]:
@@ -92,6 +129,7 @@ class SimArmNode(ArmBridgeNode):
         self.publish_images(self.arm.images(), stamp)
         super().publish_state(stamp)
         self.episode_pub.publish(String(data=json.dumps(self.episode_status())))
+        self.last_publish = time.monotonic()
 
 
 def main(argv: list[str] | None = None) -> int:

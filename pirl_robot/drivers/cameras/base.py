@@ -91,6 +91,11 @@ class Camera:
             self._raise_if_failed()
             return self._latest
 
+    def latest(self) -> Frame | None:
+        """The newest frame however old, without checks (None before the first)."""
+        with self._cond:
+            return self._latest
+
     def read_latest(self, max_age_ms: float) -> Frame:
         """The newest frame; raises StaleFrameError if it is older than max_age_ms, CameraError if none yet."""
         with self._cond:
