@@ -252,6 +252,18 @@ class ControlLoop:
         for tap in self.taps:
             tap(rec)
 
+    def policy_lost(self, reason: str) -> None:
+        """The policy's link is gone (a served policy's connection closed, serve/client.py): a policy fault from
+        the next tick on, as if the call in flight had failed; the operator's start retries (and reconnects)."""
+        with self._cond:
+            if not self.executing or self._policy_error is not None:
+                return
+            self._policy_error = reason
+            self.broker.cancel_request()
+            self.safety.policy("failed", reason)
+            self._cond.notify_all()
+        self.log("error", reason)
+
     def _emit_events(self, events: list[dict]) -> None:
         self.publish_events(events)
         rec = SafetyRecord(self.episode, events)

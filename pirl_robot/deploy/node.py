@@ -159,6 +159,10 @@ class DeployNode(LifecycleNode):
         bundle = open_policy_source(p["bundle"], robot, p["device"], p["remote_token_env"], p["remote_timeout_ms"],
                                     p["remote_tls_ca"])  # a bundle directory, or remote://HOST:PORT (pirl serve)
         spec = bundle.policy.spec
+        if p["chunking"] == "rtc" and not isinstance(bundle, RemoteBundle):
+            from pirl_robot.flow.rtc import load_lerobot_rtc
+
+            load_lerobot_rtc()  # seconds of imports: here, not in the first chunk's time
         command_map = CommandMap.from_params(p)
         safety = make_safety_stage(p["safety_config"], spec, command_map)
         with contextlib.ExitStack() as stack:
@@ -169,6 +173,8 @@ class DeployNode(LifecycleNode):
             broker = ActionChunkBroker(p["exec_horizon"] or spec.exec_horizon, p["blend_ticks"], p["lead_ticks"])
             loop = ControlLoop(inputs, inputs.arm, safety, broker, bundle.policy, p, self._log, taps=self.taps)
             stack.callback(loop.close)
+            if isinstance(bundle, RemoteBundle):  # a lost policy server is a policy fault at the next tick
+                bundle.policy.on_lost = loop.policy_lost
             inputs.connect(loop.wake)
             safety.driver(True)
             events_pub = self.create_publisher(String, "~/safety_events", qos("reliable", 50))

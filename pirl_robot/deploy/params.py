@@ -132,8 +132,7 @@ PARAMS: tuple[Param, ...] = (
     Param("blend_ticks", "int", 0, "Crossfade overlapping chunks over this many ticks.", _non_negative, True),
     Param("chunking", "str", "blend", "'blend': the next chunk is sampled on its own (blend_ticks crossfades it in); "
           "'rtc': real-time chunking, the next chunk is sampled to continue the actions being executed "
-          "(flow/rtc.py; use with lead_ticks >= the inference delay, blend_ticks 0).", _one_of(("blend", "rtc")),
-          True),
+          "(flow/rtc.py; use with lead_ticks >= the inference delay, blend_ticks 0).", _one_of(("blend", "rtc"))),
     Param("rtc_inference_delay", "int", 0, "RTC: ticks a chunk takes to arrive, its first actions frozen to the "
           "current plan; 0: the measured median inference time in ticks.", _non_negative, True),
     Param("rtc_execution_horizon", "int", 0, "RTC: guidance fades out at this index of the new chunk (0: where the "

@@ -21,6 +21,7 @@ as their prefix: lerobot trains them on zero-padded targets, so 0 is what the mo
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,13 +64,22 @@ class RtcSettings:
     schedule: str = "linear"  # prefix weights after the frozen part: zeros | ones | linear | exp (lerobot's names)
 
 
-def _processor(settings: RtcSettings):
+@functools.cache
+def load_lerobot_rtc():
+    """lerobot's RTC pieces. Importing them loads lerobot's policy package (seconds, ~16 s on a loaded 2-core
+    machine): servers and deploy nodes call this at start-up, so no chunk pays for it."""
     from lerobot.configs import RTCAttentionSchedule
+    from lerobot.policies.common.flow_matching import euler_integrate
     from lerobot.policies.rtc.configuration_rtc import RTCConfig
     from lerobot.policies.rtc.modeling_rtc import RTCProcessor
 
-    schedule = RTCAttentionSchedule[settings.schedule.upper()]
-    return RTCProcessor(RTCConfig(prefix_attention_schedule=schedule, max_guidance_weight=settings.max_guidance_weight))
+    return RTCAttentionSchedule, RTCConfig, RTCProcessor, euler_integrate
+
+
+def _processor(settings: RtcSettings):
+    schedule_enum, config, processor, _ = load_lerobot_rtc()
+    schedule = schedule_enum[settings.schedule.upper()]
+    return processor(config(prefix_attention_schedule=schedule, max_guidance_weight=settings.max_guidance_weight))
 
 
 def guided_chain(model, ctx, noise: torch.Tensor, num_steps: int, prefix: torch.Tensor | None, inference_delay: int,
@@ -80,8 +90,7 @@ def guided_chain(model, ctx, noise: torch.Tensor, num_steps: int, prefix: torch.
     def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return model.velocity(ctx, x, t)[0].to(x.dtype)
 
-    from lerobot.policies.common.flow_matching import euler_integrate
-
+    euler_integrate = load_lerobot_rtc()[3]
     return euler_integrate(velocity, noise.float(), num_steps, rtc_processor=_processor(settings),
                            rtc_enabled=prefix is not None, inference_delay=inference_delay,
                            prev_chunk_left_over=prefix, execution_horizon=execution_horizon)

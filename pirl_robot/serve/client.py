@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -73,6 +73,9 @@ class RemotePolicy:
         self.hello: dict = {}
         self.last_timing: dict = {}
         self.reconnects = -1
+        # Called (on a watcher thread) when an open connection is lost between or during calls: the deploy node
+        # makes it a policy fault at once instead of at the next request (ControlLoop.policy_lost).
+        self.on_lost: Callable[[str], None] | None = None
         self.connect()
         self.spec = PolicySpec.from_dict(self.hello["spec"])
         self.bundle_id, self.content_sha256 = self.hello["bundle_id"], self.hello["content_sha256"]
@@ -94,7 +97,9 @@ class RemotePolicy:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
         try:
             conn = connect(self.ws_url, additional_headers=headers, open_timeout=self.connect_timeout_s,
-                           max_size=self.max_message_bytes, compression=None, ssl=ssl_context, ping_interval=None,
+                           max_size=self.max_message_bytes, compression=None, ssl=ssl_context,
+                           # keepalive: a server gone without closing (power, cable) is found within ~2 timeouts
+                           ping_interval=max(1.0, self.timeout_s), ping_timeout=max(1.0, self.timeout_s),
                            close_timeout=0.5, legacy=True)
         except InvalidStatus as e:
             code = e.response.status_code
@@ -119,6 +124,12 @@ class RemotePolicy:
             raise
         self._conn, self.hello = conn, hello
         self.reconnects += 1
+        threading.Thread(target=self._watch, args=(conn,), name="pirl-remote-watch", daemon=True).start()
+
+    def _watch(self, conn) -> None:
+        conn.wait_closed()
+        if conn is self._conn and self.on_lost is not None:  # not one we dropped ourselves
+            self.on_lost(f"policy server {self.url}: connection lost (close code {conn.close_code})")
 
     def _read(self, conn, timeout: float) -> dict:
         from websockets.exceptions import ConnectionClosed
@@ -148,9 +159,10 @@ class RemotePolicy:
     # --- requests -------------------------------------------------------------------------------------------
     def _call(self, msg: dict, timeout: float) -> dict:
         from websockets.exceptions import ConnectionClosed
+        from websockets.protocol import State
 
         with self._lock:
-            if self._conn is None:
+            if self._conn is None or self._conn.state is not State.OPEN:
                 self.connect()
             self._next_id += 1
             rid = msg["id"] = self._next_id

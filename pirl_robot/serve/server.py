@@ -20,6 +20,8 @@ import threading
 import time
 from typing import Callable
 
+import numpy as np
+
 from pirl_robot.serve import protocol as P
 from pirl_robot.serve.wire import WireError, pack, unpack
 
@@ -46,9 +48,23 @@ class PolicyServer:
         self._thread: threading.Thread | None = None
 
     # --- lifecycle ------------------------------------------------------------------------------------------
-    def start(self) -> "PolicyServer":
+    def warm_up(self) -> None:
+        """One forward pass with and one without a real-time-chunking prefix on a blank observation, so the first
+        client does not pay for lazy imports, allocations and kernel selection (and a broken model fails here)."""
+        from pirl_robot.flow.rtc import ChunkPrefix, load_lerobot_rtc
+
+        load_lerobot_rtc()
+        s = self.spec
+        obs = {"state": np.zeros(s.state_dim, np.float32), "instruction": s.instruction,
+               "images": {c.name: np.zeros((c.height, c.width, 3), np.uint8) for c in s.cameras}}
+        actions = self.policy.infer(obs)["actions"]
+        self.policy.infer(obs, prefix=ChunkPrefix(actions, 1, s.chunk_size))
+
+    def start(self, warm_up: bool = True) -> "PolicyServer":
         from websockets.sync.server import serve
 
+        if warm_up:
+            self.warm_up()
         self._server = serve(self._handle, self.host, self._requested_port, process_request=self._authorize,
                              max_size=self.max_message_bytes, ssl=self.ssl_context, compression=None,
                              ping_interval=None)
@@ -168,8 +184,6 @@ class PolicyServer:
         return P.error(code, message, rid)
 
     def health(self, rid: int | None = None) -> dict:
-        import numpy as np
-
         with self._stats_lock:
             counts, infer = dict(self.counts), list(self._infer_ms)
         return {"type": "health", "id": rid, "ok": True, "bundle_id": self.bundle.bundle_id,
