@@ -4,6 +4,7 @@
     pirl eval  ...                   evaluate a checkpoint or bundle in simulation
     pirl export CKPT OUT             export a deploy bundle
     pirl deploy ...                  run the deploy node(s) without `ros2 launch`
+    pirl serve BUNDLE                serve a policy to robot computers without a GPU (remote://)
     pirl replay ...                  view / re-run / re-execute a recorded episode
     pirl report ...                  summarise recorded evaluations
 """
@@ -19,6 +20,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "eval": ("pirl_robot.evaluate", "success rates of a checkpoint or bundle per task and suite (LIBERO, ManiSkill)"),
     "export": ("pirl_robot.bundle.cli", "export a checkpoint as a deploy bundle (checksummed, no pickle)"),
     "deploy": ("pirl_robot.deploy.runner", "run the deploy node and drivers (what deploy.launch.py starts)"),
+    "serve": ("pirl_robot.serve.cli", "serve a bundle over websockets to deploy nodes on GPU-less robot computers"),
     "replay": ("pirl_robot.replay.cli", "view a recorded episode (Rerun), re-run it offline, re-execute it on an arm"),
     "report": ("pirl_robot.report.cli", "success rates (Wilson CI), interventions, latencies of recorded episodes"),
 }

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from pirl_robot.flow.rtc import ChunkPrefix, sample_with_prefix
 from pirl_robot.flow.sampler import Chain, ChainConfig, sample_chain
 from pirl_robot.models.base import FlowPolicyModel
 from pirl_robot.spec import PolicySpec
@@ -88,13 +89,17 @@ class Policy:
         return chain, self.postprocess(chain.actions, raw)
 
     def infer(self, obs: Mapping[str, Any], noise: np.ndarray | torch.Tensor | None = None,
-              generator: torch.Generator | None = None) -> dict[str, np.ndarray]:
+              generator: torch.Generator | None = None, prefix: ChunkPrefix | None = None) -> dict[str, np.ndarray]:
+        """prefix: the committed actions the chunk must continue (real-time chunking, flow/rtc.py)."""
         raw = self.to_batch(obs)
         single = self.is_single(obs)
         if noise is not None:
             noise = torch.as_tensor(np.asarray(noise), dtype=torch.float32)
             noise = noise.unsqueeze(0) if noise.ndim == 2 else noise
-        _, actions = self.sample(raw, noise=noise, generator=generator)
+        if prefix is not None:
+            actions = sample_with_prefix(self, raw, prefix, noise=noise, generator=generator)
+        else:
+            _, actions = self.sample(raw, noise=noise, generator=generator)
         actions = actions.float().cpu().numpy()
         if not np.isfinite(actions).all():
             raise FloatingPointError("policy produced NaN/inf actions")

@@ -48,5 +48,5 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 log "installing the pinned Python stack (first run: several minutes, ~6 GB)"
 "$VENV/bin/python" -m pip install -q --upgrade pip
-"$VENV/bin/python" -m pip install -q -c constraints.txt -e ".[ros,realsense,libero,test]"
+"$VENV/bin/python" -m pip install -q -c constraints.txt -e ".[ros,realsense,libero,serve,test]"
 log "done: $("$VENV/bin/python" -c 'import torch, lerobot, mani_skill; print("torch", torch.__version__, "| lerobot", lerobot.__version__ if hasattr(lerobot, "__version__") else "?", "| mani_skill", mani_skill.__version__)')"

@@ -68,3 +68,15 @@ def test_rejects_bad_chunks_and_settings():
         b.put(np.array([[np.nan, 0.0]]), 0, 0)
     with pytest.raises(ValueError):
         ActionChunkBroker(exec_horizon=0)
+
+
+def test_rtc_prefix_is_the_plan_left_from_the_request_tick():
+    b = ActionChunkBroker(exec_horizon=4, lead_ticks=2)
+    assert b.rtc_prefix(0, inference_delay=2) is None  # nothing to continue yet
+    b.put(chunk(1), obs_tick=10, now_tick=10)
+    p = b.rtc_prefix(12, inference_delay=2)
+    np.testing.assert_allclose(p.actions[:, 0], chunk(1)[2:, 0])  # ticks 12..17 of the plan
+    assert (p.inference_delay, p.execution_horizon) == (2, 6)
+    p = b.rtc_prefix(16, inference_delay=5, execution_horizon=3)  # 2 actions left: delay and horizon capped
+    assert p.actions.shape == (2, 2) and (p.inference_delay, p.execution_horizon) == (2, 2)
+    assert b.rtc_prefix(18, inference_delay=1) is None  # the plan is used up

@@ -7,6 +7,10 @@ late or slightly different new plan does not jump the arm. A request for the nex
 before the current one has run `exec_horizon` actions, so inference can overlap execution. If no chunk covers a
 tick (the policy is slower than the plan lasts) the broker returns None: the caller holds (an underrun).
 
+Real-time chunking (flow/rtc.py; `rtc_prefix`): instead of (or besides) the crossfade, a request carries the
+current plan's actions from the request's tick on as a guided prefix, so the next chunk is sampled to continue what
+the arm is executing while it is being computed (its first `inference_delay` actions frozen to the plan).
+
 The broker is also the one place that knows the chunk request in flight (`request`, at most one): made on the tick
 it was due, handed to the inference worker (`worker_id`), cleared when its chunk arrives, on `cancel_request` or
 on `reset` (so a chunk that answers a request of a stopped episode finds no request and is dropped).
@@ -18,6 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pirl_robot.flow.rtc import ChunkPrefix
+
 
 @dataclass
 class ChunkRequest:
@@ -26,6 +32,7 @@ class ChunkRequest:
     obs_tick: int
     obs: dict | None = None  # held until the tick's command is out (an early request), then submitted
     worker_id: int | None = None  # the inference worker's id for it, once submitted
+    prefix: ChunkPrefix | None = None  # real-time chunking: the plan the new chunk must continue
 
 
 @dataclass
@@ -66,6 +73,19 @@ class ActionChunkBroker:
     def mark_requested(self, tick: int) -> ChunkRequest:
         self.request = ChunkRequest(tick)
         return self.request
+
+    def rtc_prefix(self, tick: int, inference_delay: int, execution_horizon: int = 0) -> ChunkPrefix | None:
+        """The current plan from `tick` on as a real-time-chunking prefix (None: no plan left to continue).
+        inference_delay: ticks the new chunk is expected to take (capped at the plan left); execution_horizon:
+        where the guidance fades out (0: the end of the plan left)."""
+        if self._cur is None:
+            return None
+        left = self._cur.actions[max(0, tick - self._cur.start):]
+        if len(left) == 0:
+            return None
+        horizon = min(len(left), execution_horizon or len(left))
+        delay = min(inference_delay, horizon)
+        return ChunkPrefix(left.astype(np.float32), delay, horizon)
 
     def cancel_request(self) -> None:
         self.request = None

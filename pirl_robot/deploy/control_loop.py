@@ -7,7 +7,7 @@
     loop.stop(); loop.close()   # stop ticking (on_deactivate); release the inference thread (on_cleanup)
 
 `settings` is the node's parameter dict (deploy/params.py), read at every tick, so dynamic parameters apply at
-once: control_hz, tick_source, max_wait_ms, max_state_age_ms, seed. `inputs.observe()` returns (observation,
+once: control_hz, tick_source, max_wait_ms, max_state_age_ms, seed, chunking, rtc_*. `inputs.observe()` returns (observation,
 JointSample, camera frames) or raises an input error; `arm` sends commands and keeps the latest joint sample.
 
 Threads. The node's ROS executor delivers messages into the drivers and calls the operator entry points; the tick
@@ -194,13 +194,14 @@ class ControlLoop:
             action = self.broker.action(tick)
             if self.broker.needs_inference(tick):
                 request = self.broker.mark_requested(tick)
+                request.prefix = self._rtc_prefix(tick)
                 self.safety.policy("started")
                 if action is not None:
                     # Requested early (lead_ticks): submitted once this tick's command is out, so the forward pass
                     # does not compete with the rest of the tick for the GIL.
                     request.obs = obs
                 else:
-                    request.worker_id = self.worker.submit(obs, tick)
+                    request.worker_id = self.worker.submit(obs, tick, request.prefix)
             max_wait = self.settings["max_wait_ms"] / 1e3
             if action is None and self.broker.pending and max_wait > 0:
                 t = time.monotonic()
@@ -211,11 +212,23 @@ class ControlLoop:
             self.stats["underruns"] += 1  # had a plan, ran out of it: the arm holds this tick
         return action, waited, None
 
+    def _rtc_prefix(self, tick: int):
+        """chunking: rtc -> the plan the next chunk must continue (broker.rtc_prefix), else None. The inference
+        delay is rtc_inference_delay ticks, or (0) the measured median inference time in ticks, at least 1."""
+        s = self.settings
+        if s["chunking"] != "rtc":
+            return None
+        delay = s["rtc_inference_delay"]
+        if delay == 0:
+            p50 = self.stats["inference"].percentile(50)
+            delay = 1 if np.isnan(p50) else max(1, int(np.ceil(p50 * s["control_hz"])))
+        return self.broker.rtc_prefix(tick, delay, s["rtc_execution_horizon"])
+
     def _submit_early_request(self) -> None:
         with self._cond:
             request = self.broker.request
             if request is not None and request.obs is not None and self.executing:
-                request.worker_id = self.worker.submit(request.obs, request.obs_tick)
+                request.worker_id = self.worker.submit(request.obs, request.obs_tick, request.prefix)
                 request.obs = None
 
     def _on_chunk(self, result: InferenceResult) -> None:
@@ -238,6 +251,18 @@ class ControlLoop:
         rec = ChunkRecord(result.obs_tick, episode, result.actions, result.noise, result.latency_s, result.error)
         for tap in self.taps:
             tap(rec)
+
+    def policy_lost(self, reason: str) -> None:
+        """The policy's link is gone (a served policy's connection closed, serve/client.py): a policy fault from
+        the next tick on, as if the call in flight had failed; the operator's start retries (and reconnects)."""
+        with self._cond:
+            if not self.executing or self._policy_error is not None:
+                return
+            self._policy_error = reason
+            self.broker.cancel_request()
+            self.safety.policy("failed", reason)
+            self._cond.notify_all()
+        self.log("error", reason)
 
     def _emit_events(self, events: list[dict]) -> None:
         self.publish_events(events)

@@ -39,7 +39,7 @@ class InferenceWorker:
         self.policy, self.on_result = policy, on_result
         self._rng = np.random.default_rng(None if seed < 0 else seed)
         self._cond = threading.Condition()
-        self._request: tuple[int, int, dict] | None = None
+        self._request: tuple[int, int, dict, object] | None = None
         self._next_id = 0
         self._stop = False
         self._thread = threading.Thread(target=self._loop, name="policy-inference", daemon=True)
@@ -48,10 +48,11 @@ class InferenceWorker:
     def reseed(self, seed: int) -> None:
         self._rng = np.random.default_rng(None if seed < 0 else seed)
 
-    def submit(self, obs: dict, obs_tick: int) -> int:
+    def submit(self, obs: dict, obs_tick: int, prefix=None) -> int:
+        """prefix: a flow.rtc.ChunkPrefix the chunk must continue (real-time chunking), or None."""
         with self._cond:
             self._next_id += 1
-            self._request = (self._next_id, obs_tick, obs)
+            self._request = (self._next_id, obs_tick, obs, prefix)
             self._cond.notify_all()
             return self._next_id
 
@@ -62,12 +63,13 @@ class InferenceWorker:
                 self._cond.wait_for(lambda: self._request is not None or self._stop)
                 if self._stop:
                     return
-                rid, tick, obs = self._request
+                rid, tick, obs, prefix = self._request
                 self._request = None
             noise = self._rng.standard_normal((spec.chunk_size, spec.action_dim)).astype(np.float32)
             t0 = time.perf_counter()
             try:
-                actions, error = check_chunk(self.policy.infer(obs, noise=noise)["actions"], spec), None
+                extra = {} if prefix is None else {"prefix": prefix}
+                actions, error = check_chunk(self.policy.infer(obs, noise=noise, **extra)["actions"], spec), None
             except Exception as e:  # NaN actions, bad observation, a crashing model: the control loop decides
                 actions, error = None, f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}"
             result = InferenceResult(rid, tick, actions, noise, time.perf_counter() - t0, error)

@@ -34,13 +34,14 @@ from pirl_robot.deploy.safety_hook import make_safety_stage
 from pirl_robot.deploy.taps import Tap
 from pirl_robot.drivers.arms.base import ArmError
 from pirl_robot.drivers.cameras.base import CameraError
+from pirl_robot.serve.client import RemoteBundle, open_policy_source
 
 
 @dataclass
 class Deployment:
     """What on_configure builds, released together (in reverse order of creation) by `release`."""
 
-    bundle: Any  # pirl_robot.bundle.Bundle
+    bundle: Any  # pirl_robot.bundle.Bundle, or serve.client.RemoteBundle (policy served by pirl serve)
     command_map: CommandMap
     safety: Any  # safety_hook.SupervisedSafety | UnfilteredPassThrough
     inputs: Inputs
@@ -148,7 +149,6 @@ class DeployNode(LifecycleNode):
         from diagnostic_msgs.msg import DiagnosticArray
         from std_msgs.msg import Bool, String
 
-        from pirl_robot.bundle import open_bundle
         from pirl_robot.drivers.ros_msgs import level_log, qos
         from pirl_robot.record.ros import attach_recorder  # recording + Rerun on the taps (record/ros.py)
 
@@ -156,17 +156,26 @@ class DeployNode(LifecycleNode):
         if not p["bundle"]:
             raise ValueError("parameter 'bundle' is empty: give the path of an exported bundle")
         robot = robot_spec(p)
-        bundle = open_bundle(p["bundle"], robot_spec=robot, device=p["device"])
+        bundle = open_policy_source(p["bundle"], robot, p["device"], p["remote_token_env"], p["remote_timeout_ms"],
+                                    p["remote_tls_ca"])  # a bundle directory, or remote://HOST:PORT (pirl serve)
         spec = bundle.policy.spec
+        if p["chunking"] == "rtc" and not isinstance(bundle, RemoteBundle):
+            from pirl_robot.flow.rtc import load_lerobot_rtc
+
+            load_lerobot_rtc()  # seconds of imports: here, not in the first chunk's time
         command_map = CommandMap.from_params(p)
         safety = make_safety_stage(p["safety_config"], spec, command_map)
         with contextlib.ExitStack() as stack:
+            if isinstance(bundle, RemoteBundle):
+                stack.callback(bundle.policy.close)
             inputs = Inputs(self, p, command_map, StateAssembler(robot.state_names), spec.instruction)
             stack.callback(inputs.release)
             broker = ActionChunkBroker(p["exec_horizon"] or spec.exec_horizon, p["blend_ticks"], p["lead_ticks"])
             loop = ControlLoop(inputs, inputs.arm, safety, broker, bundle.policy, p, level_log(self.get_logger()),
                                taps=self.taps)
             stack.callback(loop.close)
+            if isinstance(bundle, RemoteBundle):  # a lost policy server is a policy fault at the next tick
+                bundle.policy.on_lost = loop.policy_lost
             inputs.connect(loop.wake)
             safety.driver(True)
             events_pub = self.create_publisher(String, "~/safety_events", qos("reliable", 50))

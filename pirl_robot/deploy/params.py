@@ -73,8 +73,24 @@ def _finite(v, _):
     return None if all(math.isfinite(x) for x in v) else "must be finite"
 
 
+def _policy_source(v, _):
+    from pirl_robot.serve.client import SCHEMES
+
+    scheme, sep, rest = v.partition("://")
+    if sep and (scheme not in SCHEMES or ":" not in rest):
+        return f"a served policy is remote://HOST:PORT or remote+tls://HOST:PORT, got {v!r}"
+    return None
+
+
 PARAMS: tuple[Param, ...] = (
-    Param("bundle", "str", "", "Path of the policy bundle (pirl export) to load on configure."),
+    Param("bundle", "str", "", "Path of the policy bundle (pirl export) to load on configure, or the policy server "
+          "(pirl serve) that serves it: remote://HOST:PORT, remote+tls://HOST:PORT.", _policy_source),
+    # --- remote policy (pirl serve; docs/deploy.md) -----------------------------------------------------------
+    Param("remote_token_env", "str", "PIRL_SERVE_TOKEN", "Environment variable holding the policy server's token "
+          "(kept out of parameters, which anyone on the ROS graph can read)."),
+    Param("remote_timeout_ms", "float", 1000.0, "A remote inference without an answer after this long is a policy "
+          "fault (hold, then a controlled stop); the connection is dropped and remade on the next start.", _positive),
+    Param("remote_tls_ca", "str", "", "CA certificate file for remote+tls:// (empty: the system's CAs)."),
     Param("device", "str", "cpu", "Torch device for the policy.", _one_of(("cpu", "cuda"))),
     # --- the robot, as the bundle's spec must match it --------------------------------------------------------
     Param("robot", "str", "panda", "Robot name; must equal the bundle spec's robot."),
@@ -114,6 +130,13 @@ PARAMS: tuple[Param, ...] = (
     Param("lead_ticks", "int", 0, "Request the next chunk this many ticks early (covers inference latency).",
           _non_negative, True),
     Param("blend_ticks", "int", 0, "Crossfade overlapping chunks over this many ticks.", _non_negative, True),
+    Param("chunking", "str", "blend", "'blend': the next chunk is sampled on its own (blend_ticks crossfades it in); "
+          "'rtc': real-time chunking, the next chunk is sampled to continue the actions being executed "
+          "(flow/rtc.py; use with lead_ticks >= the inference delay, blend_ticks 0).", _one_of(("blend", "rtc"))),
+    Param("rtc_inference_delay", "int", 0, "RTC: ticks a chunk takes to arrive, its first actions frozen to the "
+          "current plan; 0: the measured median inference time in ticks.", _non_negative, True),
+    Param("rtc_execution_horizon", "int", 0, "RTC: guidance fades out at this index of the new chunk (0: where the "
+          "current plan ends).", _non_negative, True),
     Param("max_wait_ms", "float", 20.0, "At a tick without an action, wait this long for the chunk in flight before "
           "holding.", _non_negative, True),
     Param("seed", "int", -1, "Seed for the policy's initial noise (-1: random per run).", lambda v, _: None if v >= -1

@@ -18,7 +18,7 @@ class LaunchArg:
 
 
 LAUNCH_ARGUMENTS: tuple[LaunchArg, ...] = (
-    LaunchArg("bundle", "", "Policy bundle directory (made by `pirl export`)."),
+    LaunchArg("bundle", "", "Policy bundle directory (made by `pirl export`), or remote://HOST:PORT of `pirl serve`."),
     LaunchArg("config", "panda_maniskill.yaml", "Parameter file: a name in the package's config/ or a path."),
     LaunchArg("arm", "sim", "Arm driver node to start: 'sim' (ManiSkill Panda), 'lerobot' (lerobot robot bridge), "
               "'none' (an arm already on ROS, e.g. ros2_control)."),
@@ -67,6 +67,9 @@ def plan_nodes(args: dict[str, str], config_dir: str | os.PathLike) -> list[Node
     plans = []
     if ARM_NODES[values["arm"]]:
         plans.append(NodePlan(ARM_NODES[values["arm"]], ARM_NODES[values["arm"]], params_file))
-    overrides = {"bundle": os.path.abspath(values["bundle"])} if values["bundle"] else {}
+    bundle = values["bundle"]
+    if bundle and "://" not in bundle:  # a directory (a served policy, remote://HOST:PORT, stays as given)
+        bundle = os.path.abspath(bundle)
+    overrides = {"bundle": bundle} if bundle else {}
     plans.append(NodePlan("deploy_node", "deploy_node", params_file, overrides))
     return plans

@@ -1,0 +1,192 @@
+"""The policy server behind `pirl serve`: one bundle, many clients, over websockets (msgpack messages, wire.py).
+
+    server = PolicyServer(open_bundle("bundles/pushcube"), token="s3cret", host="0.0.0.0", port=8765)
+    server.start()            # serves on a thread; server.port is the bound port (port=0 picks a free one)
+    ...
+    server.shutdown()
+
+Each client gets the bundle's id and spec on connect (protocol.py), then sends `infer`, `health` and optionally
+`attach` (its robot spec, checked with PolicySpec.check_compatible). One forward pass runs at a time (clients
+are served on their own threads and queue on the policy's lock). Authentication: the websocket handshake must
+carry `Authorization: Bearer <token>` (compared in constant time), else HTTP 401 before the socket opens;
+TLS when an ssl context is given. Messages larger than `max_message_bytes` close that connection (websockets'
+limit, close code 1009); malformed messages get an `error` reply and the connection stays usable.
+"""
+
+from __future__ import annotations
+
+import hmac
+import threading
+import time
+from typing import Callable
+
+import numpy as np
+
+from pirl_robot.serve import protocol as P
+from pirl_robot.serve.wire import WireError, pack, unpack
+
+DEFAULT_MAX_MESSAGE_BYTES = 8 << 20  # two 640x480 RGB frames and a state fit four times over
+
+
+class PolicyServer:
+    def __init__(self, bundle, token: str | None, host: str = "127.0.0.1", port: int = 8765,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, ssl_context=None,
+                 log: Callable[[str], None] = print):
+        if token is None and host not in ("127.0.0.1", "localhost", "::1"):
+            raise ValueError("a server reachable from other machines needs a token (PIRL_SERVE_TOKEN)")
+        self.bundle, self.policy, self.spec = bundle, bundle.policy, bundle.policy.spec
+        self.token, self.host, self.max_message_bytes, self.ssl_context, self.log = (
+            token, host, max_message_bytes, ssl_context, log)
+        self.noise_shape = (self.policy.model.chunk_size, self.policy.model.action_dim)
+        self._requested_port = port
+        self._policy_lock = threading.Lock()
+        self._stats_lock = threading.Lock()
+        self.counts = {"clients": 0, "connections": 0, "requests": 0, "errors": 0, "refused": 0}
+        self._infer_ms: list[float] = []
+        self._started = time.monotonic()
+        self._server = None
+        self._thread: threading.Thread | None = None
+
+    # --- lifecycle ------------------------------------------------------------------------------------------
+    def warm_up(self) -> None:
+        """One forward pass with and one without a real-time-chunking prefix on a blank observation, so the first
+        client does not pay for lazy imports, allocations and kernel selection (and a broken model fails here)."""
+        from pirl_robot.flow.rtc import ChunkPrefix, load_lerobot_rtc
+
+        load_lerobot_rtc()
+        s = self.spec
+        obs = {"state": np.zeros(s.state_dim, np.float32), "instruction": s.instruction,
+               "images": {c.name: np.zeros((c.height, c.width, 3), np.uint8) for c in s.cameras}}
+        actions = self.policy.infer(obs)["actions"]
+        self.policy.infer(obs, prefix=ChunkPrefix(actions, 1, s.chunk_size))
+
+    def start(self, warm_up: bool = True) -> "PolicyServer":
+        from websockets.sync.server import serve
+
+        if warm_up:
+            self.warm_up()
+        self._server = serve(self._handle, self.host, self._requested_port, process_request=self._authorize,
+                             max_size=self.max_message_bytes, ssl=self.ssl_context, compression=None,
+                             ping_interval=None)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="pirl-serve", daemon=True)
+        self._thread.start()
+        return self
+
+    @property
+    def port(self) -> int:
+        return self._server.socket.getsockname()[1]
+
+    def serve_forever(self) -> None:
+        if self._server is None:
+            self.start()
+        self._thread.join()
+
+    def shutdown(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._thread.join(timeout=5)
+            self._server = None
+
+    def hello(self) -> dict:
+        return {"type": "hello", "protocol": P.PROTOCOL, "bundle_id": self.bundle.bundle_id,
+                "content_sha256": self.bundle.content_sha256, "model_kind": self.policy.model_kind,
+                "spec": self.spec.to_dict(), "noise_shape": list(self.noise_shape),
+                "max_message_bytes": self.max_message_bytes}
+
+    # --- connections ----------------------------------------------------------------------------------------
+    def _authorize(self, connection, request):
+        if self.token is None:
+            return None
+        got = request.headers.get("Authorization", "")
+        if hmac.compare_digest(got.encode(), f"Bearer {self.token}".encode()):
+            return None
+        with self._stats_lock:
+            self.counts["refused"] += 1
+        return connection.respond(401, "missing or wrong token (send 'Authorization: Bearer <token>')\n")
+
+    def _handle(self, connection) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        with self._stats_lock:
+            self.counts["clients"] += 1
+            self.counts["connections"] += 1
+        try:
+            connection.send(pack(self.hello()))
+            for data in connection:
+                reply, close = self._answer(data)
+                connection.send(pack(reply))
+                if close:
+                    connection.close(1008, "robot spec does not match the served policy")
+                    return
+        except ConnectionClosed:
+            pass
+        finally:
+            with self._stats_lock:
+                self.counts["clients"] -= 1
+
+    def _answer(self, data) -> tuple[dict, bool]:
+        """(reply, close the connection after it)."""
+        t0 = time.perf_counter()
+        rid = None
+        try:
+            msg = unpack(data, self.max_message_bytes)
+            kind = msg.get("type")
+            if kind == "infer":
+                req = P.parse_infer(msg, self.spec, self.noise_shape)
+                rid = req.id
+                return self._infer(req, t0), False
+            if kind == "health":
+                rid = P.request_id(msg)
+                return self.health(rid), False
+            if kind == "attach":
+                return self._attach(msg), False
+            raise P.RequestError("bad_request", f"unknown message type {kind!r} (infer, health, attach)")
+        except WireError as e:
+            return self._error("bad_message", str(e), rid), False
+        except P.RequestError as e:
+            return self._error(e.code, str(e), rid), e.code == "spec_mismatch"
+
+    def _attach(self, msg: dict) -> dict:
+        from pirl_robot.spec import PolicySpec, SpecError
+
+        try:
+            robot = PolicySpec.from_dict(msg.get("robot_spec"))
+        except (SpecError, TypeError, AttributeError, ValueError) as e:
+            raise P.RequestError("bad_request", f"robot_spec is not a valid spec: {e}") from None
+        try:
+            self.spec.check_compatible(robot)
+        except SpecError as e:
+            raise P.RequestError("spec_mismatch", f"bundle {self.bundle.bundle_id}: {e}") from None
+        return {"type": "attached", "bundle_id": self.bundle.bundle_id}
+
+    def _infer(self, req: P.InferRequest, t0: float) -> dict:
+        from pirl_robot.policy import ObservationError
+
+        try:
+            with self._policy_lock:
+                t1 = time.perf_counter()
+                actions = self.policy.infer(req.obs, noise=req.noise, prefix=req.prefix)["actions"]
+                infer_ms = (time.perf_counter() - t1) * 1e3
+        except ObservationError as e:
+            return self._error("observation", str(e), req.id)
+        except Exception as e:  # a failing model must not take the server down: the client's watchdog decides
+            self.log(f"pirl serve: inference failed: {type(e).__name__}: {e}")
+            return self._error("internal", f"{type(e).__name__}: {e}", req.id)
+        with self._stats_lock:
+            self.counts["requests"] += 1
+            self._infer_ms = (self._infer_ms + [infer_ms])[-1000:]
+        return {"type": "result", "id": req.id, "actions": actions.astype("float32"),
+                "timing": {"infer_ms": infer_ms, "server_ms": (time.perf_counter() - t0) * 1e3}}
+
+    def _error(self, code: str, message: str, rid: int | None) -> dict:
+        with self._stats_lock:
+            self.counts["errors"] += 1
+        return P.error(code, message, rid)
+
+    def health(self, rid: int | None = None) -> dict:
+        with self._stats_lock:
+            counts, infer = dict(self.counts), list(self._infer_ms)
+        return {"type": "health", "id": rid, "ok": True, "bundle_id": self.bundle.bundle_id,
+                "uptime_s": time.monotonic() - self._started, **counts,
+                "infer_ms_p50": float(np.percentile(infer, 50)) if infer else None,
+                "infer_ms_p99": float(np.percentile(infer, 99)) if infer else None}
