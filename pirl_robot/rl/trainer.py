@@ -158,8 +158,9 @@ class Trainer:
                    "mean_return": float(np.mean([e["return"] for e in eps])) if eps else float("nan"),
                    "collect_steps_per_s": steps / max(t_collect, 1e-9),
                    "iter_seconds": time.perf_counter() - t0, "lr_frac": lr_frac, **stats}
-            if d.enabled:
-                row["ranks"] = d.world_size
+            if d.enabled:  # a cheap check that DDP kept the replicas identical
+                checksum = float(sum(p.detach().double().sum() for p in self.policy.model.parameters()))
+                row.update(ranks=d.world_size, rank_param_sums=d.gather(checksum))
             self._log(row)
             bar.update(1)
             bar.set_postfix(succ=f"{row['success_rate']:.2f}", ret=f"{row['mean_return']:.2f}",
