@@ -105,3 +105,19 @@ def _rank_pid(launcher: int, rank: int) -> int:
             if f"RANK={rank}".encode() in env:
                 return int(pid)
     raise AssertionError(f"no worker with RANK={rank} under pid {launcher}")
+
+
+def test_the_gpu_preset_composes_and_says_why_it_cannot_run_without_a_gpu(tmp_path):
+    import torch
+
+    from pirl_robot.config import compose
+    from sim import factory
+    from sim.maniskill.batched import PhysXGpuMissing
+
+    cfg = compose("train", ["+experiment=pushcube_gpu"])
+    assert (cfg.env.sim_backend, cfg.env.num_envs, cfg.device) == ("physx_cuda", 320, "cuda")
+    assert factory.sim_backend(cfg.env) == "physx_cuda"
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible: the refusal below is for machines without one")
+    with pytest.raises(PhysXGpuMissing, match="needs a CUDA GPU"):
+        factory.make_vector_env(cfg.env, num_envs=2, device="cpu")

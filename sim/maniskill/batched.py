@@ -217,6 +217,9 @@ def _make(cfg: TaskConfig, num_envs: int, device: torch.device | None):
     import mani_skill.envs  # noqa: F401  (registers the tasks)
     from mani_skill.vector.wrappers.gymnasium import ManiSkillVectorEnv
 
+    if cfg.sim_backend == "physx_cuda" and not torch.cuda.is_available():
+        raise PhysXGpuMissing("sim_backend=physx_cuda needs a CUDA GPU and none is visible to torch; "
+                              "use env.sim_backend=cpu (worker processes) on this machine")
     kwargs = gym_kwargs(cfg)
     if device is not None and device.type == "cuda" and device.index is not None:  # this rank's GPU (torchrun)
         kwargs["sim_backend"] = f"physx_cuda:{device.index}"
