@@ -103,7 +103,7 @@ def _run(cfg: DictConfig, dist: Dist) -> dict:
                                      progress=cfg.progress and main)
         trainer = Trainer(policy, env, algo, out, seed=cfg.seed, max_chunks=factory.max_chunks(cfg.env),
                           eval_episodes=cfg.eval.episodes, eval_every=cfg.eval.every, save_every=cfg.save_every,
-                          progress=cfg.progress, dist=dist)
+                          progress=cfg.progress, dist=dist, shard=cfg.policy.kind in ("pi0", "pi05"))
         if resuming:
             trainer.load(last)
             say(f"[resume] from {last} at iteration {trainer.iteration} ({trainer.env_steps} env steps)")

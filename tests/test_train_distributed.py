@@ -121,3 +121,27 @@ def test_the_gpu_preset_composes_and_says_why_it_cannot_run_without_a_gpu(tmp_pa
         pytest.skip("a GPU is visible: the refusal below is for machines without one")
     with pytest.raises(PhysXGpuMissing, match="needs a CUDA GPU"):
         factory.make_vector_env(cfg.env, num_envs=2, device="cpu")
+
+
+@pytest.mark.slow
+def test_tiny_pi0_learner_sharded_with_fsdp2_over_two_gloo_ranks(tmp_path, demos):
+    """pi0 (tiny widths, frozen backbone: train_expert_only) under torchrun: FSDP2 shards the trainable parts,
+    the replicas agree after updates, and the checkpoint (full weights, name-keyed optimizer) resumes on 1 rank."""
+    from pirl_robot.models.tokenizer import train_word_tokenizer
+    from sim.maniskill.config import INSTRUCTIONS
+
+    tok = train_word_tokenizer([INSTRUCTIONS["PushCube-v1"]], tmp_path / "tokenizer")
+    args = [f"output_dir={tmp_path}/run", f"demos.root={tmp_path}/demos_rgb", "demos.episodes=2",
+            "env=maniskill_pushcube_rgb", "env.sim_backend=physx_cpu", "env.num_envs=1", "policy=pi0_tiny",
+            f"policy.model.tokenizer={tok}", "sft.steps=5", "eval.episodes=2", "eval.every=0", "save_every=1",
+            "progress=false", "algo.chunks_per_env=2", "algo.minibatch_size=4", "algo.update_epochs=1"]
+    proc = torchrun(args + ["rl.iterations=2"])
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out[-5000:]
+    run = tmp_path / "run"
+    train = [r for r in rows(run) if r["kind"] == "train"]
+    assert [r["iteration"] for r in train] == [1, 2]
+    for r in train:
+        assert r["ranks"] == 2 and r["rank_param_sums"][0] == r["rank_param_sums"][1] and r["grad_norm"] > 0
+    assert train_main(args + ["rl.iterations=3"]) == 0
+    assert [r["iteration"] for r in rows(run) if r["kind"] == "train"] == [1, 2, 3]

@@ -14,6 +14,7 @@ names the failed rank, and rerunning the same command resumes from the last rank
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -122,3 +123,65 @@ def wrap_ddp(module: torch.nn.Module, d: Dist) -> torch.nn.Module:
 
     dev = next(module.parameters()).device
     return DDP(module, device_ids=[dev.index] if dev.type == "cuda" else None, find_unused_parameters=True)
+
+
+def shard_trainable(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """FSDP2 for a VLA learner (pi0 / pi0.5): ``fully_shard`` every parameter-holding leaf module whose
+    parameters all train (action expert, projections, noise net, value head); frozen modules (the VLM backbone
+    with train_expert_only) stay whole on every rank, as they need no gradient synchronisation.
+
+    Leaves, not larger blocks: lerobot's pi0 calls its expert's layers one by one (never the expert's own
+    forward), and FSDP2 gathers a module's parameters in that module's forward hook. Returns the sharded
+    modules. Raises if a module holds trainable parameters of its own next to frozen children."""
+    from torch.distributed.fsdp import fully_shard
+
+    for p in model.parameters():  # the trainable parts start from rank 0's values (SFT may differ on GPUs)
+        if p.requires_grad:
+            dist.broadcast(p.data, src=0)
+    sharded = []
+    for name, m in model.named_modules():
+        own = list(m.parameters(recurse=False))
+        if not own or not all(p.requires_grad for p in own):
+            if any(p.requires_grad for p in own):
+                raise ValueError(f"module {name or type(model).__name__} mixes trainable and frozen parameters")
+            continue
+        fully_shard(m)
+        sharded.append(m)
+    return sharded
+
+
+def full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> tuple[dict, dict | None]:
+    """Full (unsharded, CPU) model and optimizer state dicts of a sharded model: a collective, every rank calls
+    it; rank 0 writes them. Loading is ``load_full_state`` (any world size, sharded or not)."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                         get_optimizer_state_dict)
+
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    model_sd = get_model_state_dict(model, options=opts)
+    optim_sd = get_optimizer_state_dict(model, optimizer, options=opts) if optimizer is not None else None
+    return model_sd, optim_sd
+
+
+def load_full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, model_sd: dict, optim_sd: dict) -> None:
+    """Scatter full state dicts (from ``full_state`` or a single-process checkpoint) into a sharded model."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                         set_optimizer_state_dict)
+
+    opts = StateDictOptions(full_state_dict=True, strict=True)
+    set_model_state_dict(model, model_sd, options=opts)
+    set_optimizer_state_dict(model, optimizer, optim_sd, options=StateDictOptions(full_state_dict=True))
+
+
+@contextmanager
+def gathered(modules: list[torch.nn.Module]):
+    """Sharded modules held whole for a stretch of forwards that ranks do not run in step (rollouts and
+    evaluation: episodes end at different chunks on each rank): one all-gather now, none inside."""
+    for m in modules:
+        m.set_reshard_after_forward(False)
+        m.unshard()
+    try:
+        yield
+    finally:
+        for m in modules:
+            m.reshard()
+            m.set_reshard_after_forward(True)

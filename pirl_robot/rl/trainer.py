@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from pirl_robot.flow.sampler import ChainConfig
 from pirl_robot.policy import Policy
 from pirl_robot.rl.algorithms import SKIPPED, AlgoConfig, Algorithm, CollectContext, make_algorithm
-from pirl_robot.rl.distributed import Dist, wrap_ddp
+from pirl_robot.rl.distributed import Dist, full_state, gathered, load_full_state, shard_trainable, wrap_ddp
 from pirl_robot.rl.rollout import Rollout, num_minibatches
 
 TRAIN_STATE = "trainer_state.pt"
@@ -39,7 +39,8 @@ class LossModule(torch.nn.Module):
 class Trainer:
     def __init__(self, policy: Policy, env, algo: AlgoConfig, out_dir: str | Path, seed: int = 0,
                  max_chunks: int = 64, eval_env=None, eval_episodes: int = 50, eval_every: int = 10,
-                 save_every: int = 5, progress: bool = True, dist: Dist = Dist()):
+                 save_every: int = 5, progress: bool = True, dist: Dist = Dist(), shard: bool = False):
+        """shard: under torchrun, FSDP2 over the trainable parts (pi0 / pi0.5) instead of DDP."""
         self.policy, self.env, self.cfg, self.dist = policy, env, algo, dist
         self.eval_env = eval_env or env
         self.algo = make_algorithm(algo)
@@ -52,12 +53,14 @@ class Trainer:
         self.iteration, self.env_steps, self._seed_cursor = 0, 0, 0
         self.history: list[dict] = []
         model = policy.model
+        self.sharded = shard_trainable(model) if shard and dist.enabled else []  # before the optimizer sees params
         groups = [{"params": model.policy_parameters(), "lr": algo.actor_lr}]
         if self.algo.uses_critic:
             if not model.has_value_head:
                 raise ValueError(f"{algo.kind} needs a value head; the model has none")
             groups.append({"params": model.value_parameters(), "lr": algo.critic_lr})
-        self.learner = wrap_ddp(LossModule(policy, self.algo), dist)
+        loss = LossModule(policy, self.algo)
+        self.learner = loss if self.sharded else wrap_ddp(loss, dist)
         self.optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.95), weight_decay=0.01)
         self.base_lrs = [g["lr"] for g in groups]  # the configured rates (a resumed optimizer keeps its last ones)
 
@@ -87,8 +90,9 @@ class Trainer:
 
         d, n = self.dist, self.eval_episodes
         seeds = list(range(EVAL_SEED_BASE + d.rank, EVAL_SEED_BASE + n, d.world_size))
-        eps = run_episodes(self.policy, self.eval_env, seeds, self.policy.spec.instruction, self.max_chunks,
-                           sampler=ChainConfig(num_steps=self.cfg.chain.num_steps, mode="ode")) if seeds else []
+        with gathered(self.sharded):
+            eps = run_episodes(self.policy, self.eval_env, seeds, self.policy.spec.instruction, self.max_chunks,
+                               sampler=ChainConfig(num_steps=self.cfg.chain.num_steps, mode="ode")) if seeds else []
         eps = sorted((e for part in d.gather(eps) for e in part), key=lambda e: e["seed"])
         if self.eval_env is self.env:
             self.algo.restart()  # evaluation reset the shared envs: training episodes must start afresh
@@ -144,7 +148,8 @@ class Trainer:
         bar = tqdm(total=iterations, initial=self.iteration, desc=f"RL {self.cfg.kind}", disable=not self.progress)
         while self.iteration < iterations:
             t0 = time.perf_counter()
-            rollout = self.algo.collect(ctx)
+            with gathered(self.sharded):  # ranks' episodes end at different chunks: no collectives inside
+                rollout = self.algo.collect(ctx)
             t_collect = time.perf_counter() - t0
             lr_frac = self.set_learning_rate(iterations)
             stats = self.update(rollout)
@@ -159,7 +164,7 @@ class Trainer:
                    "collect_steps_per_s": steps / max(t_collect, 1e-9),
                    "iter_seconds": time.perf_counter() - t0, "lr_frac": lr_frac, **stats}
             if d.enabled:  # a cheap check that DDP kept the replicas identical
-                checksum = float(sum(p.detach().double().sum() for p in self.policy.model.parameters()))
+                checksum = float(sum(_full(p).detach().double().sum() for p in self.policy.model.parameters()))
                 row.update(ranks=d.world_size, rank_param_sums=d.gather(checksum))
             self._log(row)
             bar.update(1)
@@ -177,11 +182,15 @@ class Trainer:
 
     # --- checkpoints: rank 0 writes, every rank reads; a checkpoint resumes on any number of ranks -------------
     def save(self, tag: str = "last") -> Path:
+        from pirl_robot.checkpoint import save_policy
+
         path = self.ckpt_dir / tag
+        weights, optim = full_state(self.policy.model, self.optimizer) if self.sharded else (None, None)
         if self.dist.is_main:
-            self.policy.save(path)
+            save_policy(self.policy, path, state_dict=weights)
             state = {"iteration": self.iteration, "env_steps": self.env_steps, "seed_cursor": self._seed_cursor,
-                     "optimizer": self.optimizer.state_dict(), "gen": self.gen.get_state(),
+                     "optimizer": optim or self.optimizer.state_dict(), "optimizer_by_name": bool(self.sharded),
+                     "gen": self.gen.get_state(),
                      "torch_rng": torch.get_rng_state(), "world_size": self.dist.world_size}
             torch.save(state, path / (TRAIN_STATE + ".tmp"))
             (path / (TRAIN_STATE + ".tmp")).replace(path / TRAIN_STATE)
@@ -195,9 +204,18 @@ class Trainer:
         from pirl_robot.checkpoint import WEIGHTS, load_state_dict_strict, load_weights
 
         path = Path(path)
-        load_state_dict_strict(self.policy.model, load_weights(path / WEIGHTS), str(path / WEIGHTS))
+        weights = load_weights(path / WEIGHTS)
         state = torch.load(path / TRAIN_STATE, weights_only=True, map_location="cpu")
-        self.optimizer.load_state_dict(state["optimizer"])
+        optim = state["optimizer"]
+        if self.sharded:
+            if not state.get("optimizer_by_name"):
+                optim = _optimizer_by_name(self.policy.model, self.optimizer, optim)
+            load_full_state(self.policy.model, self.optimizer, weights, optim)
+        else:
+            load_state_dict_strict(self.policy.model, weights, str(path / WEIGHTS))
+            if state.get("optimizer_by_name"):  # written by a sharded (FSDP2) run
+                optim = _optimizer_by_index(self.policy.model, self.optimizer, optim)
+            self.optimizer.load_state_dict(optim)
         self.iteration, self.env_steps = state["iteration"], state["env_steps"]
         self._seed_cursor = state["seed_cursor"]
         same_run = self.dist.is_main and state.get("world_size", 1) == self.dist.world_size
@@ -215,3 +233,32 @@ class Trainer:
             if self.dist.is_main:
                 mfile.write_text("".join(json.dumps(r) + "\n" for r in self.history))
         self.dist.barrier()
+
+
+def _full(p: torch.Tensor) -> torch.Tensor:
+    """A parameter as a whole tensor (FSDP2 holds DTensor shards: gathered, a collective)."""
+    from torch.distributed.tensor import DTensor
+
+    return p.full_tensor() if isinstance(p, DTensor) else p
+
+
+def _param_names(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[list[str]]:
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [[names[id(p)] for p in g["params"]] for g in optimizer.param_groups]
+
+
+def _optimizer_by_index(model, optimizer, by_name: dict) -> dict:
+    """A name-keyed optimizer state dict (FSDP2's full format) as torch.optim's index-keyed one."""
+    groups, index = [], {}
+    for g, names in zip(by_name["param_groups"], _param_names(model, optimizer)):
+        for n in names:
+            index[n] = len(index)
+        groups.append({**g, "params": [index[n] for n in names]})
+    return {"state": {index[n]: v for n, v in by_name["state"].items()}, "param_groups": groups}
+
+
+def _optimizer_by_name(model, optimizer, by_index: dict) -> dict:
+    """torch.optim's index-keyed optimizer state dict as the name-keyed one FSDP2's loader takes."""
+    flat = [n for names in _param_names(model, optimizer) for n in names]
+    groups = [{**g, "params": [flat[i] for i in g["params"]]} for g in by_index["param_groups"]]
+    return {"state": {flat[i]: v for i, v in by_index["state"].items()}, "param_groups": groups}
