@@ -98,9 +98,12 @@ def _run(cfg: DictConfig, dist: Dist) -> dict:
             policy.sampler = ChainConfig(num_steps=algo.chain.num_steps, mode="ode")
         else:
             policy = build_policy(cfg, spec, demos, device)
-        if not resuming:  # SFT runs on every rank (same data and seed); DDP then starts all ranks from rank 0's
+        if not resuming:  # SFT runs on every rank (same data and seed); DDP / FSDP2 then start from rank 0's
             losses = behaviour_clone(policy, data, cfg.sft.steps, cfg.sft.batch_size, cfg.sft.lr, seed=cfg.seed,
                                      progress=cfg.progress and main)
+            if main:  # before the Trainer (FSDP2) shards the weights
+                (out / "metrics.jsonl").unlink(missing_ok=True)
+                policy.save(out / "checkpoints" / "sft")
         trainer = Trainer(policy, env, algo, out, seed=cfg.seed, max_chunks=factory.max_chunks(cfg.env),
                           eval_episodes=cfg.eval.episodes, eval_every=cfg.eval.every, save_every=cfg.save_every,
                           progress=cfg.progress, dist=dist, shard=cfg.policy.kind in ("pi0", "pi05"))
@@ -109,9 +112,6 @@ def _run(cfg: DictConfig, dist: Dist) -> dict:
             say(f"[resume] from {last} at iteration {trainer.iteration} ({trainer.env_steps} env steps)")
             sft_eval = next(r for r in trainer.history if r.get("tag") == "sft")
         else:
-            if main:
-                (out / "metrics.jsonl").unlink(missing_ok=True)
-                policy.save(out / "checkpoints" / "sft")
             sft_eval = trainer.evaluate("sft")
             say(f"[sft] loss {losses[0]:.3f} -> {losses[-1]:.3f}; success {sft_eval['success_rate']:.3f} "
                 f"over {sft_eval['episodes']} episodes")
