@@ -30,7 +30,8 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, corrupt, or does not match the model it claims to be."""
 
 
-def save_policy(policy, path: str | Path) -> Path:
+def save_policy(policy, path: str | Path, state_dict: dict | None = None) -> Path:
+    """state_dict: the model's full weights where its own state_dict holds shards (FSDP2 under torchrun)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     meta = {
@@ -41,7 +42,7 @@ def save_policy(policy, path: str | Path) -> Path:
         "stats": policy.transforms.to_dict(),
         "sampler": asdict(policy.sampler),
     }
-    state = {k: v.detach().contiguous().cpu() for k, v in policy.model.state_dict().items()}
+    state = {k: v.detach().contiguous().cpu() for k, v in (state_dict or policy.model.state_dict()).items()}
     tmp = path / (WEIGHTS + ".tmp")
     save_file(state, str(tmp))
     tmp.replace(path / WEIGHTS)  # atomic: an interrupted save never leaves a half-written weights file

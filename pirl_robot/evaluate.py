@@ -73,7 +73,8 @@ def load_any(path: str | Path, device: str = "cpu"):
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a success rate (sensible at 0 / n and n / n, unlike the normal one)."""
+    """95% Wilson score interval of a success rate (sensible at 0 / n and n / n, unlike the normal one): the
+    one confidence interval of training evaluations, `pirl eval`, HIL and `pirl report`."""
     if n == 0:
         return (0.0, 1.0)
     p = successes / n
@@ -83,9 +84,16 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
 
 
 def run_episodes(policy, venv, seeds: Sequence[int], instruction: str, max_chunks: int, noise_seed: int = 0,
-                 task: str = "", observers: Sequence[EpisodeObserver] = ()) -> list[dict]:
-    """One episode per seed with the policy's ODE sampler, `venv.num_envs` at a time; stats in seed order."""
-    gen = torch.Generator().manual_seed(noise_seed)
+                 task: str = "", observers: Sequence[EpisodeObserver] = (),
+                 sampler: ChainConfig | None = None) -> list[dict]:
+    """One episode per seed, `venv.num_envs` at a time; stats in seed order. The one way an episode is run and
+    judged, for `pirl eval` and for the trainer's evaluations: actions from `sampler` (default the policy's own,
+    the deterministic ODE) with initial noise drawn from `noise_seed`; success = the episode's
+    ``EpisodeStats.success`` (the task's success flag at some step; episodes end at the first success).
+    Works on the worker-process envs (numpy) and on the batched env (tensors on the policy's device)."""
+    from pirl_robot.rl.rollout import obs_to_raw
+
+    gen = torch.Generator(device=policy.device).manual_seed(noise_seed)
     n, horizon = venv.num_envs, policy.spec.exec_horizon
     out: list[dict] = []
     for start in range(0, len(seeds), n):
@@ -94,19 +102,19 @@ def run_episodes(policy, venv, seeds: Sequence[int], instruction: str, max_chunk
         obs = venv.reset(seeds=batch + [batch[-1]] * (n - len(batch)))  # spare envs idle on a repeat seed
         ret, length, success = np.zeros(n), np.zeros(n, int), np.zeros(n, bool)
         for _ in range(max_chunks):
-            raw = policy.to_batch({"state": obs["state"], "images": obs["images"], "instruction": [instruction] * n})
-            _, actions = policy.sample(raw, generator=gen)
-            actions = actions[:, :horizon].float().cpu().numpy()
-            if not np.isfinite(actions).all():
+            raw = {**obs_to_raw(obs, policy.device), "instruction": [instruction] * n}
+            _, actions = policy.sample(raw, cfg=sampler, generator=gen)
+            actions = actions[:, :horizon].float()
+            if not bool(torch.isfinite(actions).all()):
                 raise FloatingPointError(f"{task}: the policy produced NaN/inf actions")
-            res = venv.step_chunk(actions, active=active)
+            res = venv.step_chunk(actions.to(venv.device), active=active)
             for o in observers:
-                o.on_chunk(task, obs, actions, res, active.copy())
-            ret[active] += res.reward[active]
-            length[active] += res.steps[active]
-            done = res.done & active
-            success[done] = res.success[done]
-            active &= ~done
+                o.on_chunk(task, obs, actions.cpu().numpy(), res, active.copy())
+            ret[active] += _host(res.reward)[active]
+            length[active] += _host(res.steps)[active]
+            for e in res.episodes:
+                success[e.env_index] = e.success
+            active &= ~(_host(res.done) & active)
             obs = res.obs
             if not active.any():
                 break
@@ -115,6 +123,10 @@ def run_episodes(policy, venv, seeds: Sequence[int], instruction: str, max_chunk
         out += [{"seed": int(s), "success": bool(success[i]), "length": int(length[i]), "return": float(ret[i])}
                 for i, s in enumerate(batch)]
     return out
+
+
+def _host(x) -> np.ndarray:
+    return x.cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
 def task_stats(label: str, instruction: str, episodes: list[dict]) -> dict:
@@ -152,7 +164,7 @@ def evaluate_policy(policy, env_cfg: DictConfig, episodes: int, seed_base: int =
         instruction = factory.env_spec(one).instruction
         for o in observers:
             o.on_task_start(label, instruction, seeds)
-        venv = factory.make_vector_env(one, seed=seed_base, num_envs=n, **kwargs)
+        venv = factory.make_vector_env(one, seed=seed_base, num_envs=n, device=str(policy.device), **kwargs)
         try:
             eps = run_episodes(policy, venv, seeds, instruction, chunks, noise_seed, label, observers)
         finally:

@@ -70,8 +70,17 @@ class Policy:
             return np.ndim(obs["state"]) == 1
         return np.ndim(obs["images"][self.spec.cameras[0].name]) == 3
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
     def prepare(self, raw: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return self.transforms.inputs(raw)
+
+    def encode(self, raw: dict[str, torch.Tensor]):
+        """The model's per-chunk context (pi0: the prefix KV cache) of a raw batch: transforms, then encode.
+        The one door from observations to the model, for rollouts, losses and inference alike."""
+        return self.model.encode(self.prepare(raw))
 
     def postprocess(self, model_actions: torch.Tensor, raw: dict[str, torch.Tensor]) -> torch.Tensor:
         # A model may sample in a padded action space (pi0: max_action_dim); the spec's actions come first.
@@ -84,7 +93,7 @@ class Policy:
     def sample(self, raw: dict[str, torch.Tensor], cfg: ChainConfig | None = None, noise: torch.Tensor | None = None,
                generator: torch.Generator | None = None) -> tuple[Chain, torch.Tensor]:
         """Model-space chain and robot-space actions for a raw batch (used by rollouts and by infer)."""
-        ctx = self.model.encode(self.prepare(raw))
+        ctx = self.encode(raw)
         chain = sample_chain(self.model, ctx, cfg or self.sampler, noise=noise, generator=generator)
         return chain, self.postprocess(chain.actions, raw)
 

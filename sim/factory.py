@@ -1,6 +1,14 @@
 """Simulator dispatch for the trainer: one place that maps an `env:` config to spec, vector env and demos.
 
-Adding a simulator (LIBERO, ...) means adding a branch here; the trainer never imports a simulator directly.
+The vector env comes from a registry keyed by (simulator, ``env.sim_backend``):
+
+    maniskill, cpu         ChunkVectorEnv: CPU envs in worker processes (the default)
+    maniskill, physx_cpu   BatchedManiSkillEnv on ManiSkill's CPU backend (num_envs=1; tests, debugging)
+    maniskill, physx_cuda  BatchedManiSkillEnv: num_envs in one GPU simulation, tensors on the policy's device
+    libero, cpu            LIBERO's ChunkVectorEnv
+
+Adding a simulator or backend means registering a builder (``@vector_env("sim", "backend")``); the trainer never
+imports a simulator directly.
 """
 
 from __future__ import annotations
@@ -10,6 +18,7 @@ import json
 import math
 import shutil
 from pathlib import Path
+from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -26,10 +35,13 @@ def _sim(env_cfg: DictConfig) -> str:
     return sim
 
 
-def _maniskill_task(env_cfg: DictConfig):
+def _maniskill_task(env_cfg: DictConfig, backend: str | None = None):
+    """The task config; ManiSkill's sim_backend follows ``env.sim_backend`` unless `backend` is given."""
     from sim.maniskill.config import TaskConfig
 
-    return TaskConfig.from_dict(OmegaConf.to_container(env_cfg.maniskill, resolve=True))
+    task = OmegaConf.to_container(env_cfg.maniskill, resolve=True)
+    task["sim_backend"] = backend or str(env_cfg.get("sim_backend") or "cpu")
+    return TaskConfig.from_dict(task)
 
 
 def _libero_config(env_cfg: DictConfig):
@@ -48,18 +60,58 @@ def env_spec(env_cfg: DictConfig) -> PolicySpec:
     return task_spec(_maniskill_task(env_cfg))
 
 
-def make_vector_env(env_cfg: DictConfig, seed: int = 0, num_envs: int | None = None, **kwargs):
-    """kwargs go to the simulator's ChunkVectorEnv (LIBERO: cached_tasks, video_dir, video_episodes...)."""
-    if _sim(env_cfg) == "libero":
-        from sim.libero.vector import ChunkVectorEnv as LiberoVectorEnv
+# (simulator, sim_backend) -> builder(env_cfg, num_envs, seed, device, **kwargs)
+VECTOR_ENVS: dict[tuple[str, str], Callable[..., Any]] = {}
 
-        kwargs.setdefault("cached_tasks", env_cfg.get("cached_tasks", 1))
-        return LiberoVectorEnv(_libero_config(env_cfg), num_envs=num_envs or env_cfg.num_envs, seed=seed,
-                               num_workers=env_cfg.get("num_workers"), **kwargs)
+
+def vector_env(simulator: str, sim_backend: str):
+    """Register a vector-env builder for env configs with this simulator and ``env.sim_backend``."""
+    def register(builder: Callable[..., Any]) -> Callable[..., Any]:
+        VECTOR_ENVS[(simulator, sim_backend)] = builder
+        return builder
+    return register
+
+
+def sim_backend(env_cfg: DictConfig) -> str:
+    """``env.sim_backend`` (default cpu), checked against the registered builders of the env's simulator."""
+    sim, backend = _sim(env_cfg), str(env_cfg.get("sim_backend") or "cpu")
+    if (sim, backend) not in VECTOR_ENVS:
+        known = sorted(b for s, b in VECTOR_ENVS if s == sim)
+        raise ValueError(f"env.sim_backend={backend!r} is not available for {sim} (known: {', '.join(known)})")
+    return backend
+
+
+def make_vector_env(env_cfg: DictConfig, seed: int = 0, num_envs: int | None = None, device: str = "cpu",
+                    **kwargs):
+    """The vector env of `env_cfg` (see the module docstring). device: the policy's, where a batched env keeps
+    its tensors. kwargs go to the builder (LIBERO: cached_tasks, video_dir, video_episodes...)."""
+    builder = VECTOR_ENVS[(_sim(env_cfg), sim_backend(env_cfg))]
+    return builder(env_cfg, num_envs or env_cfg.num_envs, seed, device, **kwargs)
+
+
+@vector_env("libero", "cpu")
+def _libero_vector(env_cfg: DictConfig, num_envs: int, seed: int, device: str, **kwargs):
+    from sim.libero.vector import ChunkVectorEnv as LiberoVectorEnv
+
+    kwargs.setdefault("cached_tasks", env_cfg.get("cached_tasks", 1))
+    return LiberoVectorEnv(_libero_config(env_cfg), num_envs=num_envs, seed=seed,
+                           num_workers=env_cfg.get("num_workers"), **kwargs)
+
+
+@vector_env("maniskill", "cpu")
+def _maniskill_workers(env_cfg: DictConfig, num_envs: int, seed: int, device: str, **kwargs):
     from sim.maniskill.vector import ChunkVectorEnv
 
-    return ChunkVectorEnv(_maniskill_task(env_cfg), num_envs=num_envs or env_cfg.num_envs, seed=seed,
-                          num_workers=env_cfg.get("num_workers"))
+    return ChunkVectorEnv(_maniskill_task(env_cfg), num_envs=num_envs, seed=seed,
+                          num_workers=env_cfg.get("num_workers"), **kwargs)
+
+
+@vector_env("maniskill", "physx_cpu")
+@vector_env("maniskill", "physx_cuda")
+def _maniskill_batched(env_cfg: DictConfig, num_envs: int, seed: int, device: str, **kwargs):
+    from sim.maniskill.batched import BatchedManiSkillEnv
+
+    return BatchedManiSkillEnv(_maniskill_task(env_cfg), num_envs=num_envs, seed=seed, device=device, **kwargs)
 
 
 def eval_tasks(env_cfg: DictConfig) -> list[tuple[str, DictConfig]]:
@@ -99,7 +151,7 @@ def ensure_demos(env_cfg: DictConfig, episodes: int, root: Path, seed: int, prog
     if root.exists():  # an interrupted recording: demos are regenerable, so start that directory afresh
         print(f"[demos] {root} is incomplete (interrupted recording?); recording it again")
         shutil.rmtree(root)
-    record_demos(_maniskill_task(env_cfg), episodes, root, seed=seed, log=print if progress else (lambda *a: None))
+    record_demos(_maniskill_task(env_cfg, backend="cpu"), episodes, root, seed=seed, log=print if progress else (lambda *a: None))
     return root
 
 

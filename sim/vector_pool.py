@@ -54,7 +54,7 @@ class ChunkRunner:
     def reset(self, seed: int | None) -> Obs:
         self.seed = int(seed) if seed is not None else int(self.seed_stream.integers(2**31 - 1))
         self.obs = self._reset_env(self.seed)
-        self.episode_return, self.episode_length = 0.0, 0
+        self.episode_return, self.episode_length, self.success_once = 0.0, 0, False
         return self.obs
 
     def set_next_seed(self, seed: int | None) -> None:
@@ -70,6 +70,7 @@ class ChunkRunner:
                 self.obs, rewards[h], term, trunc, info = self.env.step(action)
                 self._after_step()
                 out.update(terminated=term, truncated=trunc, success=bool(info["success"]), steps=h + 1)
+                self.success_once = self.success_once or out["success"]
                 if term or trunc:
                     break
             self.episode_return += float(rewards.sum())
@@ -77,8 +78,8 @@ class ChunkRunner:
         out.update(step_rewards=rewards, final_obs=self.obs)
         if out["terminated"] or out["truncated"]:
             out["episode"] = EpisodeStats(self.index, self.seed, self.episode_return, self.episode_length,
-                                          out["success"])
-            self._episode_ended(out["success"])
+                                          self.success_once, out["success"])
+            self._episode_ended(self.success_once)
             self.reset(self.next_seed)
             self.next_seed = None
         out["obs"] = self.obs
@@ -147,6 +148,7 @@ class ChunkVectorPool:
     the action size is checked against it), then ``_start`` to build the envs."""
 
     spec: Any
+    device = "cpu"  # where observations and results live (numpy on the host)
 
     def __init__(self, num_envs: int, seed: int, num_workers: int | None, in_process: bool | None):
         """num_workers: processes to spread the envs over (default one per env; at most num_envs).

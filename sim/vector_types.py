@@ -1,22 +1,36 @@
-"""What a chunked vector env returns, shared by every simulator's ``ChunkVectorEnv`` (see ``sim.vector_pool``)."""
+"""What a chunked vector env returns, shared by every simulator's ``ChunkVectorEnv`` (see ``sim.vector_pool``) and
+by the batched device-resident ManiSkill env (``sim.maniskill.batched``).
+
+Arrays are numpy arrays from the worker-process envs and torch tensors on the policy's device from the batched
+env; both support the same indexing and ``|``, so the rollout code reads either.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence, Union
 
 import numpy as np
 
+if TYPE_CHECKING:
+    import torch
+
+Array = Union[np.ndarray, "torch.Tensor"]
 Obs = dict[str, Any]  # {"state": (S,) float32, "images": {cam: (H, W, 3) uint8}}, or batched with a leading N
 
 
 @dataclass
 class EpisodeStats:
+    """One finished episode. success: the task's success flag held at some step of the episode (ManiSkill's
+    ``success_once``), the one success definition of training, ``pirl eval`` and HIL evaluation; the simulators
+    here end an episode at its first success, so it is also the flag at the end (``success_at_end``)."""
+
     env_index: int
     seed: int
     episode_return: float
     length: int
     success: bool
+    success_at_end: bool | None = None
 
 
 @dataclass
@@ -34,16 +48,16 @@ class ChunkResult:
 
     obs: Obs
     final_obs: Obs
-    reward: np.ndarray
-    step_rewards: np.ndarray
-    terminated: np.ndarray
-    truncated: np.ndarray
-    success: np.ndarray
-    steps: np.ndarray
+    reward: Array
+    step_rewards: Array
+    terminated: Array
+    truncated: Array
+    success: Array
+    steps: Array
     episodes: list[EpisodeStats] = field(default_factory=list)
 
     @property
-    def done(self) -> np.ndarray:
+    def done(self) -> Array:
         return self.terminated | self.truncated
 
 

@@ -25,6 +25,12 @@ class EpisodeResult:
     commands: int = 0  # commands the arm received during the episode (HIL only)
     final_obj_xy: tuple[float, float] | None = None
 
+    @property
+    def success(self) -> bool:
+        """The one success definition of every evaluation (``sim.vector_types.EpisodeStats.success``): the task's
+        success flag held at some step of the episode."""
+        return self.success_once
+
     def as_dict(self) -> dict:
         return dict(self.__dict__)
 
@@ -132,4 +138,11 @@ def evaluate_over_ros(node, episodes: int, noise_seed_base: int, timeout: float 
 
 
 def success_rate(results: list[EpisodeResult]) -> float:
-    return float(np.mean([r.success_once for r in results])) if results else float("nan")
+    return float(np.mean([r.success for r in results])) if results else float("nan")
+
+
+def success_interval(results: list[EpisodeResult]) -> tuple[float, float]:
+    """The 95% Wilson interval of the success rate (the interval `pirl eval` and training report)."""
+    from pirl_robot.evaluate import wilson_interval
+
+    return wilson_interval(sum(r.success for r in results), len(results))

@@ -7,12 +7,15 @@
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 
 from pirl_robot.flow.sampler import ChainConfig, chain_log_prob
 from pirl_robot.flow.steps import time_grid
+from pirl_robot.policy import Policy
 from pirl_robot.rl.advantages import group_advantages
 from pirl_robot.rl.losses import PPOConfig, StepNFTConfig, ppo_policy_loss, stepnft_loss, value_loss
 from pirl_robot.rl.rollout import Rollout, collect_episodes, collect_steps
@@ -57,47 +60,77 @@ class AlgoConfig:
             raise ValueError(f"{self.kind} needs a stochastic chain (mixed, sde or noise), not ode")
 
 
-class Algorithm:
+SKIPPED = "skipped"  # a loss's stats key: the minibatch carries no signal (no optimizer step where all ranks agree)
+
+
+@dataclass
+class CollectContext:
+    """What an algorithm needs to collect experience (and nothing of the trainer's)."""
+
+    policy: Policy
+    env: Any  # a chunked vector env (sim.vector_types protocol)
+    generator: torch.Generator  # on the policy's device
+    next_seeds: Callable[[int], list[int]]  # n training-episode seeds (disjoint from evaluation seeds)
+    max_chunks: int  # chunk decisions that cover one whole episode
+
+
+class Algorithm(abc.ABC):
+    """How an algorithm collects a rollout and the loss of one minibatch of it."""
+
     uses_critic = False
 
     def __init__(self, cfg: AlgoConfig):
         self.cfg = cfg
 
-    def collect(self, trainer) -> Rollout:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def collect(self, ctx: CollectContext) -> Rollout:
+        """One round of experience with the current policy."""
 
-    def loss(self, trainer, rollout: Rollout, idx: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def loss(self, policy: Policy, rollout: Rollout, idx: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Loss of minibatch idx (always a tensor in the graph: DDP ranks must all run backward)."""
+
+    def restart(self) -> None:
+        """The env was reset from outside (an evaluation on the training envs): start fresh episodes."""
 
 
-def _episode_seeds(trainer, group_size: int) -> list[int]:
-    n = trainer.env.num_envs
+def _episode_seeds(ctx: CollectContext, group_size: int) -> list[int]:
+    n = ctx.env.num_envs
     if n % group_size:
         raise ValueError(f"num_envs={n} must be a multiple of the group size {group_size}")
-    base = trainer.next_seed(n // group_size)
+    base = ctx.next_seeds(n // group_size)
     return [s for s in base for _ in range(group_size)]
 
 
 class PPO(Algorithm):
+    """Flow-SDE / Flow-Noise PPO; carries the envs' observations from one round to the next (auto-reset envs)."""
+
     uses_critic = True
 
-    def collect(self, trainer) -> Rollout:
-        rollout, trainer.obs = collect_steps(trainer.policy, trainer.env, trainer.obs, self.cfg.chunks_per_env,
-                                             self.cfg.chain, trainer.gen, self.cfg.gamma, self.cfg.gae_lambda,
-                                             self.cfg.reward_scale)
+    def __init__(self, cfg: AlgoConfig):
+        super().__init__(cfg)
+        self.obs: dict | None = None
+
+    def restart(self) -> None:
+        self.obs = None
+
+    def collect(self, ctx: CollectContext) -> Rollout:
+        if self.obs is None:
+            self.obs = ctx.env.reset(seeds=ctx.next_seeds(ctx.env.num_envs))
+        rollout, self.obs = collect_steps(ctx.policy, ctx.env, self.obs, self.cfg.chunks_per_env, self.cfg.chain,
+                                          ctx.generator, self.cfg.gamma, self.cfg.gae_lambda, self.cfg.reward_scale)
         return rollout
 
-    def loss(self, trainer, rollout, idx):
+    def loss(self, policy, rollout, idx):
         c = self.cfg
-        model, policy = trainer.policy.model, trainer.policy
-        ctx = model.encode(policy.prepare({k: v[idx] for k, v in rollout.raw.items()}))
-        out = chain_log_prob(model, ctx, rollout.chain(idx), c.chain)
+        ctx = policy.encode(rollout.batch(idx))
+        out = chain_log_prob(policy.model, ctx, rollout.chain(idx), c.chain)
         adv = rollout.advantages[idx]
         if c.normalize_advantages:
             adv = (adv - adv.mean()) / (adv.std() + 1e-8)
         pg, stats = ppo_policy_loss(out["logp"], rollout.logp[idx], adv, c.ppo)
         # The critic sees the same chain features as at rollout time (stored), not those of the one re-scored step.
-        values = model.value(ctx, rollout.feats_mean[idx])
+        values = policy.model.value(ctx, rollout.feats_mean[idx])
         vl = value_loss(values, rollout.values[idx], rollout.returns[idx], c.ppo)
         ent = out["entropy"].mean()
         loss = pg + c.ppo.value_coef * vl - c.ppo.entropy_coef * ent
@@ -105,52 +138,52 @@ class PPO(Algorithm):
 
 
 class GRPO(Algorithm):
-    def collect(self, trainer) -> Rollout:
+    def collect(self, ctx: CollectContext) -> Rollout:
         c = self.cfg
-        seeds = _episode_seeds(trainer, c.group_size)
-        rollout, stats = collect_episodes(trainer.policy, trainer.env, seeds, c.chain, trainer.gen,
-                                          trainer.max_chunks, c.group_size if c.group_shared_noise else 1)
-        returns = torch.tensor([s["return"] for s in stats])
-        success = torch.tensor([s["success"] for s in stats])
-        groups = torch.arange(len(stats)) // c.group_size
+        seeds = _episode_seeds(ctx, c.group_size)
+        rollout, stats = collect_episodes(ctx.policy, ctx.env, seeds, c.chain, ctx.generator, ctx.max_chunks,
+                                          c.group_size if c.group_shared_noise else 1)
+        dev = rollout.logp.device
+        returns = torch.tensor([s["return"] for s in stats], device=dev)
+        success = torch.tensor([s["success"] for s in stats], device=dev)
+        groups = torch.arange(len(stats), device=dev) // c.group_size
         ep_adv, keep = group_advantages(returns, groups, success, c.min_group_success, c.max_group_success)
-        rows = rollout.env_of_row
-        rollout.advantages = ep_adv[rows]
-        rollout.keep = keep[rows]
+        rollout.advantages = ep_adv[rollout.env_of_row]
+        rollout.keep = keep[rollout.env_of_row]
         return rollout
 
-    def loss(self, trainer, rollout, idx):
-        idx = idx[rollout.keep[idx]]
-        if len(idx) == 0:
-            return None, {}
-        model, policy = trainer.policy.model, trainer.policy
-        ctx = model.encode(policy.prepare({k: v[idx] for k, v in rollout.raw.items()}))
-        out = chain_log_prob(model, ctx, rollout.chain(idx), self.cfg.chain)
-        pg, stats = ppo_policy_loss(out["logp"], rollout.logp[idx], rollout.advantages[idx], self.cfg.ppo)
+    def loss(self, policy, rollout, idx):
+        kept = idx[rollout.keep[idx]]
+        if len(kept) == 0:  # no informative group in this minibatch: a zero loss that still runs the model
+            ctx = policy.encode(rollout.batch(idx[:1]))
+            out = chain_log_prob(policy.model, ctx, rollout.chain(idx[:1]), self.cfg.chain)
+            return 0.0 * out["logp"].sum(), {SKIPPED: True, "kept_frac": float(rollout.keep.float().mean())}
+        ctx = policy.encode(rollout.batch(kept))
+        out = chain_log_prob(policy.model, ctx, rollout.chain(kept), self.cfg.chain)
+        pg, stats = ppo_policy_loss(out["logp"], rollout.logp[kept], rollout.advantages[kept], self.cfg.ppo)
         loss = pg - self.cfg.ppo.entropy_coef * out["entropy"].mean()
         return loss, {**stats, "policy_loss": pg.item(), "kept_frac": float(rollout.keep.float().mean())}
 
 
 class StepNFT(Algorithm):
-    def collect(self, trainer) -> Rollout:
-        seeds = trainer.next_seed(trainer.env.num_envs)
-        rollout, _ = collect_episodes(trainer.policy, trainer.env, seeds, self.cfg.chain, trainer.gen,
-                                      trainer.max_chunks)
+    def collect(self, ctx: CollectContext) -> Rollout:
+        seeds = ctx.next_seeds(ctx.env.num_envs)
+        rollout, _ = collect_episodes(ctx.policy, ctx.env, seeds, self.cfg.chain, ctx.generator, ctx.max_chunks)
         # One random denoising step per chunk sample is the training transition.
         k = self.cfg.chain.num_steps
-        rollout.step = torch.randint(0, k, (len(rollout),), generator=trainer.gen)
+        rollout.step = torch.randint(0, k, (len(rollout),), generator=ctx.generator,
+                                     device=ctx.generator.device).to(rollout.logp.device)
         return rollout
 
-    def loss(self, trainer, rollout, idx):
+    def loss(self, policy, rollout, idx):
         c = self.cfg
-        model, policy = trainer.policy.model, trainer.policy
-        ctx = model.encode(policy.prepare({k: v[idx] for k, v in rollout.raw.items()}))
-        step, rows = rollout.step[idx], idx
+        ctx = policy.encode(rollout.batch(idx))
+        step = rollout.step[idx]
         k = c.chain.num_steps
-        x_t, x_next = rollout.xs[rows, step], rollout.xs[rows, step + 1]
-        t = time_grid(k)[step]
-        v, _ = model.velocity(ctx, x_t, t)
-        return stepnft_loss(v, rollout.velocities[rows, step], x_t, x_next, t, 1.0 / k, rollout.labels[idx], c.stepnft)
+        x_t, x_next = rollout.xs[idx, step], rollout.xs[idx, step + 1]
+        t = time_grid(k).to(x_t.device)[step]
+        v, _ = policy.model.velocity(ctx, x_t, t)
+        return stepnft_loss(v, rollout.velocities[idx, step], x_t, x_next, t, 1.0 / k, rollout.labels[idx], c.stepnft)
 
 
 ALGORITHMS = {"ppo": PPO, "grpo": GRPO, "stepnft": StepNFT}

@@ -3,11 +3,17 @@
 Two collectors share one per-chunk step:
   collect_steps     fixed T chunks from every env with auto-reset (PPO with GAE)
   collect_episodes  exactly one episode per env from given seeds (GRPO groups, π-StepNFT labels)
+
+Everything a rollout holds lives on the policy's device: with the batched GPU env (``sim.maniskill.batched``)
+observations, rewards and done flags arrive there as tensors and never visit the host, except one small copy
+per chunk (did an episode end or get cut by the time limit); with the worker-process env they are copied in
+once per chunk.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,13 +23,19 @@ from pirl_robot.policy import Policy
 
 
 def obs_to_raw(obs: dict, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    """Batched env observation {"state": (N,S), "images": {cam: (N,H,W,3)}} -> raw policy batch tensors."""
+    """Batched env observation {"state": (N,S), "images": {cam: (N,H,W,3)}} (numpy or tensors) -> raw policy
+    batch tensors on `device` (no copy where they are already there)."""
     raw = {}
     if "state" in obs:
-        raw["state"] = torch.as_tensor(np.asarray(obs["state"], dtype=np.float32), device=device)
+        raw["state"] = _tensor(obs["state"], device, torch.float32)
     for cam, img in obs.get("images", {}).items():
-        raw[f"images.{cam}"] = torch.as_tensor(np.asarray(img), device=device)
+        raw[f"images.{cam}"] = _tensor(img, device)
     return raw
+
+
+def _tensor(x: Any, device: torch.device | str, dtype: torch.dtype | None = None) -> torch.Tensor:
+    t = x if torch.is_tensor(x) else torch.as_tensor(np.asarray(x))
+    return t.to(device=device, dtype=dtype or t.dtype, non_blocking=True)
 
 
 @dataclass
@@ -37,30 +49,33 @@ class StepRecord:
 
 @torch.no_grad()
 def act(policy: Policy, raw: dict[str, torch.Tensor], cfg: ChainConfig, generator: torch.Generator | None,
-        noise: torch.Tensor | None = None) -> tuple[StepRecord, np.ndarray]:
+        noise: torch.Tensor | None = None) -> tuple[StepRecord, torch.Tensor]:
+    """Sample one chunk for every env: the record for training and the executed actions (N, H_exec, A), a float32
+    tensor on the policy's device."""
     model = policy.model
-    ctx = model.encode(policy.prepare(raw))
+    ctx = policy.encode(raw)
     chain = sample_chain(model, ctx, cfg, noise=noise, generator=generator)
-    value = model.value(ctx, chain.feats_mean) if model.has_value_head else torch.zeros(chain.xs.shape[0])
+    value = model.value(ctx, chain.feats_mean) if model.has_value_head else torch.zeros(chain.xs.shape[0],
+                                                                                         device=chain.xs.device)
     actions = policy.postprocess(chain.actions, raw)[:, : policy.spec.exec_horizon]
-    return StepRecord(raw, chain, value.float()), actions.float().cpu().numpy()
+    return StepRecord(raw, chain, value.float()), actions.float()
 
 
 @torch.no_grad()
-def value_of(policy: Policy, obs: dict, num_steps: int) -> torch.Tensor:
+def value_of(policy: Policy, raw: dict[str, torch.Tensor], num_steps: int) -> torch.Tensor:
     """V(obs) for bootstrapping. pi0's critic reads chain features averaged over the denoising steps, so they
     come from a chain of the same length as the rollouts' (ODE: the mean path)."""
-    raw = obs_to_raw(obs)
     if not policy.model.has_value_head:
-        return torch.zeros(raw[next(iter(raw))].shape[0])
-    ctx = policy.model.encode(policy.prepare(raw))
+        return torch.zeros(raw[next(iter(raw))].shape[0], device=policy.device)
+    ctx = policy.encode(raw)
     chain = sample_chain(policy.model, ctx, ChainConfig(num_steps=num_steps, mode="ode"))
     return policy.model.value(ctx, chain.feats_mean).float()
 
 
 @dataclass
 class Rollout:
-    """Flattened chunk transitions of one collection round, ready for minibatching."""
+    """Flattened chunk transitions of one collection round (M rows), on the policy's device, ready for
+    minibatching. The last four fields are filled by the algorithm that needs them."""
 
     raw: dict[str, torch.Tensor]  # (M, ...)
     xs: torch.Tensor  # (M, K+1, H, A)
@@ -74,6 +89,9 @@ class Rollout:
     labels: torch.Tensor  # (M,) +1 from a successful episode, -1 otherwise (π-StepNFT)
     episodes: list[dict] = field(default_factory=list)  # finished-episode stats of this round
     env_steps: int = 0
+    env_of_row: torch.Tensor | None = None  # (M,) episode (env) each row belongs to (collect_episodes)
+    keep: torch.Tensor | None = None  # (M,) bool: rows that carry a learning signal (GRPO's informative groups)
+    step: torch.Tensor | None = None  # (M,) the denoising step trained on (π-StepNFT)
 
     def __len__(self) -> int:
         return self.logp.shape[0]
@@ -82,15 +100,25 @@ class Rollout:
         return Chain(xs=self.xs[idx], stochastic=self.stochastic[idx], velocities=self.velocities[idx],
                      logp=self.logp[idx], feats_mean=self.feats_mean[idx])
 
-    def minibatches(self, size: int, generator: torch.Generator):
-        perm = torch.randperm(len(self), generator=generator)
-        for i in range(0, len(self), size):
-            idx = perm[i:i + size]
-            if len(idx) >= max(2, size // 4):  # drop a tiny tail: its gradient is mostly noise
-                yield idx
+    def batch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The raw observation rows idx (for Policy.encode)."""
+        return {k: v[idx] for k, v in self.raw.items()}
+
+    def minibatches(self, size: int, generator: torch.Generator, count: int | None = None):
+        """Index tensors over a random permutation, `size` rows each, without a tiny tail (mostly noise).
+        count: only the first `count` of them (DDP ranks must all take the same number of steps)."""
+        perm = torch.randperm(len(self), generator=generator, device=generator.device).to(self.logp.device)
+        for c in range(min(num_minibatches(len(self), size), len(self) if count is None else count)):
+            yield perm[c * size:(c + 1) * size]
 
 
-def _stack(records: list[StepRecord], pick=None) -> dict:
+def num_minibatches(rows: int, size: int) -> int:
+    """How many minibatches Rollout.minibatches yields for `rows` rows (a tail needs max(2, size // 4) rows)."""
+    full, tail = divmod(rows, size)
+    return full + (tail >= max(2, size // 4))
+
+
+def _stack(records: list[StepRecord], pick: torch.Tensor | None = None) -> dict:
     """Stack per-chunk records (T of them, batch N) into (T*N, ...) tensors, keeping rows where `pick`."""
     def cat(xs):
         x = torch.stack(xs, 0).flatten(0, 1)
@@ -107,44 +135,38 @@ def episode_dict(e) -> dict:
             "success": bool(e.success)}
 
 
-def _rows(obs: dict, mask: np.ndarray) -> dict:
-    out = {k: v[mask] for k, v in obs.items() if k != "images"}
-    if "images" in obs:
-        out["images"] = {c: v[mask] for c, v in obs["images"].items()}
-    return out
-
-
 def collect_steps(policy: Policy, env, obs: dict, num_chunks: int, cfg: ChainConfig, generator: torch.Generator,
                   gamma: float, lam: float, reward_scale: float = 1.0) -> tuple[Rollout, dict]:
     """PPO collection: `num_chunks` chunk decisions in every env, auto-reset, GAE with truncation bootstrap."""
     from pirl_robot.rl.advantages import gae
 
-    records, rewards, terms, dones, boots, episodes, steps = [], [], [], [], [], [], 0
-    for _ in range(num_chunks):
-        rec, actions = act(policy, obs_to_raw(obs), cfg, generator)
-        res = env.step_chunk(actions)
+    dev = policy.device
+    n = env.num_envs
+    rewards = torch.zeros(num_chunks, n, device=dev)
+    terms, dones, boots = (torch.zeros(num_chunks, n, device=dev) for _ in range(3))
+    records, episodes, steps = [], [], torch.zeros((), dtype=torch.int64, device=dev)
+    for t in range(num_chunks):
+        rec, actions = act(policy, obs_to_raw(obs, dev), cfg, generator)
+        res = env.step_chunk(actions.to(env.device))
         records.append(rec)
-        rewards.append(torch.as_tensor(res.reward, dtype=torch.float32) * reward_scale)
-        term = np.asarray(res.terminated, bool)
-        trunc = np.asarray(res.truncated, bool) & ~term
-        terms.append(torch.as_tensor(term, dtype=torch.float32))
-        dones.append(torch.as_tensor(term | trunc, dtype=torch.float32))
-        boot = torch.zeros(len(term))
-        if trunc.any():
-            boot[torch.as_tensor(trunc)] = value_of(policy, _rows(res.final_obs, trunc), cfg.num_steps)
-        boots.append(boot)
+        rewards[t] = _tensor(res.reward, dev, torch.float32) * reward_scale
+        term = _tensor(res.terminated, dev, torch.bool)
+        trunc = _tensor(res.truncated, dev, torch.bool) & ~term
+        terms[t], dones[t] = term.float(), (term | trunc).float()
+        if bool(trunc.any()):  # one host sync per chunk; the bootstrap values only where the time limit cut
+            final = obs_to_raw(res.final_obs, dev)
+            boots[t, trunc] = value_of(policy, {k: v[trunc] for k, v in final.items()}, cfg.num_steps)
         episodes += [episode_dict(e) for e in res.episodes]
-        steps += int(np.sum(res.steps))
+        steps += _tensor(res.steps, dev).sum()
         obs = res.obs
     values = torch.stack([r.value for r in records])
-    following = torch.cat([values[1:], value_of(policy, obs, cfg.num_steps).unsqueeze(0)])
-    done_t = torch.stack(dones)
-    next_values = torch.where(done_t.bool(), torch.stack(boots), following)
-    adv, ret = gae(torch.stack(rewards), values, next_values, torch.stack(terms), done_t, gamma, lam)
+    following = torch.cat([values[1:], value_of(policy, obs_to_raw(obs, dev), cfg.num_steps).unsqueeze(0)])
+    next_values = torch.where(dones.bool(), boots, following)
+    adv, ret = gae(rewards, values, next_values, terms, dones, gamma, lam)
     s = _stack(records)
     m = s["logp"].shape[0]
-    return Rollout(**s, advantages=adv.flatten(), returns=ret.flatten(), labels=torch.zeros(m), episodes=episodes,
-                   env_steps=steps), obs
+    return Rollout(**s, advantages=adv.flatten(), returns=ret.flatten(), labels=torch.zeros(m, device=dev),
+                   episodes=episodes, env_steps=int(steps)), obs
 
 
 def collect_episodes(policy: Policy, env, seeds: list[int], cfg: ChainConfig, generator: torch.Generator,
@@ -155,44 +177,45 @@ def collect_episodes(policy: Policy, env, seeds: list[int], cfg: ChainConfig, ge
     noise x_1 at each chunk (common random numbers). Every x_1 is still N(0, I), but the outcome differences
     inside a group then come from the stochastic denoising steps the policy gradient credits, not from x_1.
     Chunks an env takes after its episode ended are dropped. Returns the rollout (labels = +1/-1 by episode
-    success, advantages left at 0 for the caller) and one stats dict per env, in env order.
+    success, advantages left at 0 for the caller, env_of_row set) and one stats dict per env, in env order.
     """
+    dev = policy.device
     obs = env.reset(seeds=list(seeds))
     n = len(seeds)
-    active = np.ones(n, bool)
-    ret, success, length = np.zeros(n), np.zeros(n, bool), np.zeros(n, int)
-    records, keeps, env_ids, steps = [], [], [], 0
+    active = torch.ones(n, dtype=torch.bool, device=dev)
+    ret, length = torch.zeros(n, device=dev), torch.zeros(n, dtype=torch.int64, device=dev)
+    success = torch.zeros(n, dtype=torch.bool, device=dev)
+    records, keeps = [], []
     h, a = policy.model.chunk_size, policy.model.action_dim
     for _ in range(max_chunks):
         noise = None
         if shared_noise_groups > 1:
-            noise = torch.randn(-(-n // shared_noise_groups), h, a, generator=generator)
-            noise = noise.repeat_interleave(shared_noise_groups, 0)[:n]
-        rec, actions = act(policy, obs_to_raw(obs), cfg, generator, noise)
-        res = env.step_chunk(actions, active=active)
+            noise = torch.randn(-(-n // shared_noise_groups), h, a, generator=generator, device=generator.device)
+            noise = noise.repeat_interleave(shared_noise_groups, 0)[:n].to(dev)
+        rec, actions = act(policy, obs_to_raw(obs, dev), cfg, generator, noise)
+        res = env.step_chunk(actions.to(env.device), active=active.to(env.device))
         records.append(rec)
-        keeps.append(torch.as_tensor(active.copy()))
-        env_ids.append(torch.arange(n))
-        ret[active] += np.asarray(res.reward)[active]
-        length[active] += np.asarray(res.steps)[active]
-        steps += int(np.asarray(res.steps)[active].sum())
-        done = (np.asarray(res.terminated, bool) | np.asarray(res.truncated, bool)) & active
-        success[done] = np.asarray(res.success, bool)[done]
+        keeps.append(active.clone())
+        ret += torch.where(active, _tensor(res.reward, dev, torch.float32), 0.0)
+        length += torch.where(active, _tensor(res.steps, dev, torch.int64), 0)
+        done = (_tensor(res.terminated, dev, torch.bool) | _tensor(res.truncated, dev, torch.bool)) & active
+        for e in res.episodes:  # the one success definition: EpisodeStats.success (success once)
+            success[e.env_index] = bool(e.success)
         active &= ~done
         obs = res.obs
-        if not active.any():
+        if not bool(active.any()):
             break
-    if active.any():
+    if bool(active.any()):
         raise RuntimeError(f"{int(active.sum())} episodes did not end within {max_chunks} chunks: "
                            "max_chunks must cover the env's time limit")
     pick = torch.stack(keeps).flatten()
     s = _stack(records, pick)
-    env_of_row = torch.stack(env_ids).flatten()[pick]
-    labels = torch.as_tensor(np.where(success, 1.0, -1.0), dtype=torch.float32)[env_of_row]
-    stats = [{"seed": int(seeds[i]), "return": float(ret[i]), "success": bool(success[i]), "length": int(length[i])}
+    env_of_row = torch.arange(n, device=dev).repeat(len(records))[pick]
+    labels = torch.where(success, 1.0, -1.0)[env_of_row]
+    host = (ret.cpu().tolist(), success.cpu().tolist(), length.cpu().tolist())
+    stats = [{"seed": int(seeds[i]), "return": host[0][i], "success": bool(host[1][i]), "length": int(host[2][i])}
              for i in range(n)]
     m = s["logp"].shape[0]
-    rollout = Rollout(**s, advantages=torch.zeros(m), returns=torch.zeros(m), labels=labels, episodes=stats,
-                      env_steps=steps)
-    rollout.env_of_row = env_of_row  # which episode each row belongs to (GRPO spreads episode advantages)
+    rollout = Rollout(**s, advantages=torch.zeros(m, device=dev), returns=torch.zeros(m, device=dev), labels=labels,
+                      episodes=stats, env_steps=int(length.sum()), env_of_row=env_of_row)
     return rollout, stats

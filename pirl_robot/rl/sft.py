@@ -19,14 +19,15 @@ def behaviour_clone(policy: Policy, data: dict[str, torch.Tensor], steps: int, b
     params = model.policy_parameters()
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    gen = torch.Generator().manual_seed(seed)
+    dev = policy.device
+    gen = torch.Generator(device=dev).manual_seed(seed)
     n = data["actions"].shape[0]
     losses = []
     model.train()
     bar = tqdm(range(steps), desc="SFT", disable=not progress, leave=False)
     for _ in bar:
-        idx = torch.randint(0, n, (min(batch_size, n),), generator=gen)
-        batch = policy.prepare({k: v[idx] for k, v in data.items()})
+        idx = torch.randint(0, n, (min(batch_size, n),), generator=gen, device=dev).cpu()
+        batch = policy.prepare({k: v[idx].to(dev) for k, v in data.items()})
         loss = flow_matching_loss(model, model.encode(batch), batch["actions"], generator=gen,
                                   is_pad=batch.get("is_pad"))
         opt.zero_grad(set_to_none=True)

@@ -1,9 +1,13 @@
-"""The RL loop: collect with the current policy, update, evaluate, log, checkpoint; resumable."""
+"""The RL loop: collect with the current policy, update, evaluate, log, checkpoint; resumable; one process or
+several under torchrun (``pirl_robot.rl.distributed``).
+
+    collect (each rank: its own envs and seeds) -> update (DDP averages the gradients) -> metrics reduced over
+    ranks -> evaluation (each rank a share of the seeds, one pooled result) -> checkpoint (rank 0 writes)
+"""
 
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
@@ -13,72 +17,89 @@ from tqdm.auto import tqdm
 
 from pirl_robot.flow.sampler import ChainConfig
 from pirl_robot.policy import Policy
-from pirl_robot.rl.algorithms import AlgoConfig, make_algorithm
-from pirl_robot.rl.rollout import collect_episodes
+from pirl_robot.rl.algorithms import SKIPPED, AlgoConfig, Algorithm, CollectContext, make_algorithm
+from pirl_robot.rl.distributed import Dist, full_state, gathered, load_full_state, shard_trainable, wrap_ddp
+from pirl_robot.rl.rollout import Rollout, num_minibatches
 
 TRAIN_STATE = "trainer_state.pt"
+EVAL_SEED_BASE = 10**6  # evaluation episodes use seeds from here on; training seeds stay below
 
 
-def evaluate(policy: Policy, env, episodes: int, seed_base: int, num_steps: int, max_chunks: int,
-             noise_seed: int = 0) -> dict:
-    """Success rate of the deterministic-ODE policy over `episodes` episodes with seeds seed_base + i."""
-    gen = torch.Generator().manual_seed(noise_seed)
-    cfg = ChainConfig(num_steps=num_steps, mode="ode")
-    stats: list[dict] = []
-    n = env.num_envs
-    for start in range(0, episodes, n):
-        seeds = [seed_base + start + i for i in range(n)]
-        _, s = collect_episodes(policy, env, seeds, cfg, gen, max_chunks)
-        stats += s[: episodes - start]
-    succ = np.array([s["success"] for s in stats], float)
-    return {"success_rate": float(succ.mean()), "episodes": len(stats),
-            "ci95": float(1.96 * math.sqrt(max(succ.mean() * (1 - succ.mean()), 1e-12) / len(stats))),
-            "mean_return": float(np.mean([s["return"] for s in stats])),
-            "mean_length": float(np.mean([s["length"] for s in stats]))}
+class LossModule(torch.nn.Module):
+    """The model plus the algorithm's minibatch loss as one forward, so DDP sees the whole loss computation."""
+
+    def __init__(self, policy: Policy, algo: Algorithm):
+        super().__init__()
+        self.model, self.policy, self.algo = policy.model, policy, algo
+
+    def forward(self, rollout: Rollout, idx: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        return self.algo.loss(self.policy, rollout, idx)
 
 
 class Trainer:
     def __init__(self, policy: Policy, env, algo: AlgoConfig, out_dir: str | Path, seed: int = 0,
                  max_chunks: int = 64, eval_env=None, eval_episodes: int = 50, eval_every: int = 10,
-                 save_every: int = 5, progress: bool = True):
-        self.policy, self.env, self.cfg = policy, env, algo
+                 save_every: int = 5, progress: bool = True, dist: Dist = Dist(), shard: bool = False):
+        """shard: under torchrun, FSDP2 over the trainable parts (pi0 / pi0.5) instead of DDP."""
+        self.policy, self.env, self.cfg, self.dist = policy, env, algo, dist
         self.eval_env = eval_env or env
         self.algo = make_algorithm(algo)
         self.out_dir = Path(out_dir)
         self.ckpt_dir = self.out_dir / "checkpoints"
         self.max_chunks, self.eval_episodes, self.eval_every, self.save_every = max_chunks, eval_episodes, eval_every, save_every
-        self.progress = progress
+        self.progress = progress and dist.is_main
         self.seed = seed
-        self.gen = torch.Generator().manual_seed(seed)
+        self.gen = self._generator(iteration=0)
         self.iteration, self.env_steps, self._seed_cursor = 0, 0, 0
         self.history: list[dict] = []
         model = policy.model
+        self.sharded = shard_trainable(model) if shard and dist.enabled else []  # before the optimizer sees params
         groups = [{"params": model.policy_parameters(), "lr": algo.actor_lr}]
         if self.algo.uses_critic:
             if not model.has_value_head:
                 raise ValueError(f"{algo.kind} needs a value head; the model has none")
             groups.append({"params": model.value_parameters(), "lr": algo.critic_lr})
+        loss = LossModule(policy, self.algo)
+        self.learner = loss if self.sharded else wrap_ddp(loss, dist)
         self.optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.95), weight_decay=0.01)
         self.base_lrs = [g["lr"] for g in groups]  # the configured rates (a resumed optimizer keeps its last ones)
-        self.obs = None
+
+    def _generator(self, iteration: int) -> torch.Generator:
+        """Sampling noise and minibatch order, on the policy's device; one stream per rank (rank 0 of a fresh
+        run: the single-process stream)."""
+        g = torch.Generator(device=self.policy.device)
+        return g.manual_seed(self.seed if self.dist.rank == 0 and iteration == 0
+                             else hash((self.seed, self.dist.rank, iteration)) % 2**63)
 
     # --- seeds: training episodes use a stream disjoint from evaluation seeds (which start at 10**6) ---------
     def next_seed(self, n: int) -> list[int]:
-        out = [self.seed * 100_000 + self._seed_cursor + i for i in range(n)]
-        self._seed_cursor += n
-        return out
+        """n fresh training seeds for this rank; ranks take disjoint slices of one global stream."""
+        start = self.seed * 100_000 + self._seed_cursor + self.dist.rank * n
+        self._seed_cursor += n * self.dist.world_size
+        return list(range(start, start + n))
 
     def _log(self, row: dict) -> None:
         self.history.append(row)
-        with open(self.out_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
+        if self.dist.is_main:
+            with open(self.out_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
 
     def evaluate(self, tag: str) -> dict:
-        r = evaluate(self.policy, self.eval_env, self.eval_episodes, 10**6, self.cfg.chain.num_steps,
-                     self.max_chunks)
+        """Success of the ODE policy on seeds 10**6 + i, shared out over the ranks and pooled (one Wilson CI)."""
+        from pirl_robot.evaluate import run_episodes, task_stats
+
+        d, n = self.dist, self.eval_episodes
+        seeds = list(range(EVAL_SEED_BASE + d.rank, EVAL_SEED_BASE + n, d.world_size))
+        with gathered(self.sharded):
+            eps = run_episodes(self.policy, self.eval_env, seeds, self.policy.spec.instruction, self.max_chunks,
+                               sampler=ChainConfig(num_steps=self.cfg.chain.num_steps, mode="ode")) if seeds else []
+        eps = sorted((e for part in d.gather(eps) for e in part), key=lambda e: e["seed"])
         if self.eval_env is self.env:
-            self.obs = None  # evaluation reset the shared envs: training episodes must start afresh
-        row = {"kind": "eval", "tag": tag, "iteration": self.iteration, "env_steps": self.env_steps, **r}
+            self.algo.restart()  # evaluation reset the shared envs: training episodes must start afresh
+        r = task_stats(tag, self.policy.spec.instruction, eps)
+        row = {"kind": "eval", "tag": tag, "iteration": self.iteration, "env_steps": self.env_steps,
+               **{k: r[k] for k in ("success_rate", "episodes", "successes", "ci95", "mean_return")},
+               "mean_length": float(np.mean([e["length"] for e in eps]))}
         self._log(row)
         return row
 
@@ -89,55 +110,62 @@ class Trainer:
             g["lr"] = lr * frac
         return frac
 
-    def update(self, rollout) -> dict:
-        model, c = self.policy.model, self.cfg
+    def update(self, rollout: Rollout) -> dict:
+        model, c, d = self.policy.model, self.cfg, self.dist
         model.train()
         stats: dict[str, list[float]] = {}
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
         stop = False
         for _ in range(c.update_epochs):
-            for idx in rollout.minibatches(c.minibatch_size, self.gen):
-                loss, s = self.algo.loss(self, rollout, idx)
-                if loss is None:
-                    continue
+            count = d.min_int(num_minibatches(len(rollout), c.minibatch_size))  # DDP: equal steps on every rank
+            for idx in rollout.minibatches(c.minibatch_size, self.gen, count):
+                loss, s = self.learner(rollout, idx)
+                skipped = bool(s.pop(SKIPPED, False))
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"non-finite loss at iteration {self.iteration}: {s}")
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                grad = torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
-                                                      c.max_grad_norm)
+                loss.backward()  # DDP: gradients averaged over ranks here
+                if d.enabled:
+                    skipped = not d.any(not skipped)
+                if skipped:
+                    continue
+                grad = torch.nn.utils.clip_grad_norm_(params, c.max_grad_norm)
                 self.optimizer.step()
                 for k, v in {**s, "loss": loss.item(), "grad_norm": grad.item()}.items():
                     stats.setdefault(k, []).append(v)
-                if c.target_kl is not None and s.get("approx_kl", 0.0) > c.target_kl:
+                if c.target_kl is not None and d.any(s.get("approx_kl", 0.0) > c.target_kl):
                     stop = True
                     break
             if stop:
                 break
         model.eval()
-        return {k: float(np.mean(v)) for k, v in stats.items()}
+        return d.mean({k: float(np.mean(v)) for k, v in stats.items()})
 
     def train(self, iterations: int) -> list[dict]:
+        d = self.dist
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        if self.obs is None:
-            self.obs = self.env.reset(seeds=self.next_seed(self.env.num_envs))
+        ctx = CollectContext(self.policy, self.env, self.gen, self.next_seed, self.max_chunks)
         bar = tqdm(total=iterations, initial=self.iteration, desc=f"RL {self.cfg.kind}", disable=not self.progress)
         while self.iteration < iterations:
-            if self.obs is None:
-                self.obs = self.env.reset(seeds=self.next_seed(self.env.num_envs))
             t0 = time.perf_counter()
-            rollout = self.algo.collect(self)
+            with gathered(self.sharded):  # ranks' episodes end at different chunks: no collectives inside
+                rollout = self.algo.collect(ctx)
             t_collect = time.perf_counter() - t0
             lr_frac = self.set_learning_rate(iterations)
             stats = self.update(rollout)
             self.iteration += 1
-            self.env_steps += rollout.env_steps
-            eps = rollout.episodes
+            steps = d.sum_int(rollout.env_steps)
+            self.env_steps += steps
+            eps = [e for part in d.gather(rollout.episodes) for e in part]
             row = {"kind": "train", "iteration": self.iteration, "env_steps": self.env_steps,
                    "episodes": len(eps),
                    "success_rate": float(np.mean([e["success"] for e in eps])) if eps else float("nan"),
                    "mean_return": float(np.mean([e["return"] for e in eps])) if eps else float("nan"),
-                   "collect_steps_per_s": rollout.env_steps / max(t_collect, 1e-9),
+                   "collect_steps_per_s": steps / max(t_collect, 1e-9),
                    "iter_seconds": time.perf_counter() - t0, "lr_frac": lr_frac, **stats}
+            if d.enabled:  # a cheap check that DDP kept the replicas identical
+                checksum = float(sum(_full(p).detach().double().sum() for p in self.policy.model.parameters()))
+                row.update(ranks=d.world_size, rank_param_sums=d.gather(checksum))
             self._log(row)
             bar.update(1)
             bar.set_postfix(succ=f"{row['success_rate']:.2f}", ret=f"{row['mean_return']:.2f}",
@@ -152,31 +180,85 @@ class Trainer:
         self.save()
         return self.history
 
-    # --- checkpoints ---------------------------------------------------------------------------------------
+    # --- checkpoints: rank 0 writes, every rank reads; a checkpoint resumes on any number of ranks -------------
     def save(self, tag: str = "last") -> Path:
+        from pirl_robot.checkpoint import save_policy
+
         path = self.ckpt_dir / tag
-        self.policy.save(path)
-        state = {"iteration": self.iteration, "env_steps": self.env_steps, "seed_cursor": self._seed_cursor,
-                 "optimizer": self.optimizer.state_dict(), "gen": self.gen.get_state(),
-                 "torch_rng": torch.get_rng_state()}
-        torch.save(state, path / (TRAIN_STATE + ".tmp"))
-        (path / (TRAIN_STATE + ".tmp")).replace(path / TRAIN_STATE)
+        weights, optim = full_state(self.policy.model, self.optimizer) if self.sharded else (None, None)
+        if self.dist.is_main:
+            save_policy(self.policy, path, state_dict=weights)
+            state = {"iteration": self.iteration, "env_steps": self.env_steps, "seed_cursor": self._seed_cursor,
+                     "optimizer": optim or self.optimizer.state_dict(), "optimizer_by_name": bool(self.sharded),
+                     "gen": self.gen.get_state(),
+                     "torch_rng": torch.get_rng_state(), "world_size": self.dist.world_size}
+            torch.save(state, path / (TRAIN_STATE + ".tmp"))
+            (path / (TRAIN_STATE + ".tmp")).replace(path / TRAIN_STATE)
+        self.dist.barrier()  # no rank runs ahead of a checkpoint it might have to resume from
         return path
 
     def load(self, path: str | Path) -> None:
-        """Resume: weights (strictly), optimizer, counters and RNG streams from a checkpoint directory."""
+        """Resume: weights (strictly), optimizer, counters and RNG streams from a checkpoint directory. Rank 0
+        of a run with the checkpoint's world size continues its exact streams; other ranks (or another world
+        size) start streams derived from the seed, rank and iteration."""
         from pirl_robot.checkpoint import WEIGHTS, load_state_dict_strict, load_weights
 
         path = Path(path)
-        load_state_dict_strict(self.policy.model, load_weights(path / WEIGHTS), str(path / WEIGHTS))
-        state = torch.load(path / TRAIN_STATE, weights_only=True)
-        self.optimizer.load_state_dict(state["optimizer"])
+        weights = load_weights(path / WEIGHTS)
+        state = torch.load(path / TRAIN_STATE, weights_only=True, map_location="cpu")
+        optim = state["optimizer"]
+        if self.sharded:
+            if not state.get("optimizer_by_name"):
+                optim = _optimizer_by_name(self.policy.model, self.optimizer, optim)
+            load_full_state(self.policy.model, self.optimizer, weights, optim)
+        else:
+            load_state_dict_strict(self.policy.model, weights, str(path / WEIGHTS))
+            if state.get("optimizer_by_name"):  # written by a sharded (FSDP2) run
+                optim = _optimizer_by_index(self.policy.model, self.optimizer, optim)
+            self.optimizer.load_state_dict(optim)
         self.iteration, self.env_steps = state["iteration"], state["env_steps"]
         self._seed_cursor = state["seed_cursor"]
-        self.gen.set_state(state["gen"])
+        same_run = self.dist.is_main and state.get("world_size", 1) == self.dist.world_size
+        try:
+            if not same_run:
+                raise ValueError("fresh stream")
+            self.gen.set_state(state["gen"])
+        except (ValueError, RuntimeError):  # another rank, world size or device: a stream of its own
+            self.gen = self._generator(self.iteration)
         torch.set_rng_state(state["torch_rng"])
         mfile = self.out_dir / "metrics.jsonl"
         if mfile.exists():  # keep only rows up to the resumed iteration; later ones are redone
             rows = [json.loads(x) for x in mfile.read_text().splitlines() if x.strip()]
             self.history = [r for r in rows if r["iteration"] <= self.iteration]
-            mfile.write_text("".join(json.dumps(r) + "\n" for r in self.history))
+            if self.dist.is_main:
+                mfile.write_text("".join(json.dumps(r) + "\n" for r in self.history))
+        self.dist.barrier()
+
+
+def _full(p: torch.Tensor) -> torch.Tensor:
+    """A parameter as a whole tensor (FSDP2 holds DTensor shards: gathered, a collective)."""
+    from torch.distributed.tensor import DTensor
+
+    return p.full_tensor() if isinstance(p, DTensor) else p
+
+
+def _param_names(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[list[str]]:
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [[names[id(p)] for p in g["params"]] for g in optimizer.param_groups]
+
+
+def _optimizer_by_index(model, optimizer, by_name: dict) -> dict:
+    """A name-keyed optimizer state dict (FSDP2's full format) as torch.optim's index-keyed one."""
+    groups, index = [], {}
+    for g, names in zip(by_name["param_groups"], _param_names(model, optimizer)):
+        for n in names:
+            index[n] = len(index)
+        groups.append({**g, "params": [index[n] for n in names]})
+    return {"state": {index[n]: v for n, v in by_name["state"].items()}, "param_groups": groups}
+
+
+def _optimizer_by_name(model, optimizer, by_index: dict) -> dict:
+    """torch.optim's index-keyed optimizer state dict as the name-keyed one FSDP2's loader takes."""
+    flat = [n for names in _param_names(model, optimizer) for n in names]
+    groups = [{**g, "params": [flat[i] for i in g["params"]]} for g in by_index["param_groups"]]
+    return {"state": {flat[i]: v for i, v in by_index["state"].items()}, "param_groups": groups}

@@ -35,8 +35,11 @@ def learning_curve(metrics: str | Path, out: str | Path, title: str = "") -> Pat
         ax1.plot(xs, [r["success_rate"] for r in train], alpha=0.35, label="train episodes (stochastic)")
         ax2.plot(xs, [r["mean_return"] for r in train], label="train return")
     if evals:
-        ax1.errorbar([r["env_steps"] for r in evals], [r["success_rate"] for r in evals],
-                     yerr=[r.get("ci95", 0) for r in evals], marker="o", capsize=3, label="eval (ODE, 95% CI)")
+        rate = [r["success_rate"] for r in evals]
+        below = [max(p - r["ci95"][0], 0.0) for p, r in zip(rate, evals)]  # ci95: the Wilson interval [lo, hi]
+        above = [max(r["ci95"][1] - p, 0.0) for p, r in zip(rate, evals)]
+        ax1.errorbar([r["env_steps"] for r in evals], rate, yerr=[below, above], marker="o", capsize=3,
+                     label="eval (ODE, 95% Wilson CI)")
         sft = [r for r in evals if r.get("tag") == "sft"]
         if sft:
             ax1.axhline(sft[0]["success_rate"], ls="--", c="gray", label=f"SFT start ({sft[0]['success_rate']:.2f})")

@@ -72,6 +72,35 @@ def task_spec(cfg: TaskConfig) -> PolicySpec:
     )
 
 
+def gym_kwargs(cfg: TaskConfig) -> dict[str, Any]:
+    """The ``gym.make(cfg.task, **kwargs)`` arguments of a task config (ManiSkillEnv and the batched env)."""
+    kwargs: dict[str, Any] = dict(
+        obs_mode="state_dict" if cfg.obs_mode == "state" else "rgb",
+        control_mode=cfg.control_mode, reward_mode=cfg.reward_mode, render_backend=cfg.render_backend,
+        sim_backend=cfg.sim_backend, max_episode_steps=cfg.max_episode_steps)
+    if cfg.obs_mode == "rgb":
+        kwargs["sensor_configs"] = dict(width=cfg.image_size, height=cfg.image_size)
+    return kwargs
+
+
+def check_layout(cfg: TaskConfig, raw: dict[str, Any]) -> None:
+    """Refuse a ManiSkill observation (batched, any number of envs) whose layout differs from the state table."""
+    fields = state_fields(cfg)
+    for group in ("agent", "extra"):
+        expected = [k for g, k, _ in fields if g == group]
+        if list(raw[group]) != expected:
+            raise RuntimeError(f"{cfg.task} obs[{group!r}] has keys {list(raw[group])}, the state layout "
+                               f"expects {expected}; update sim/maniskill/env.py for this ManiSkill version")
+    for group, key, parts in fields:
+        x = raw[group][key]
+        n = int(np.prod(x.shape[1:])) if len(x.shape) > 1 else 1  # entries per env
+        if n != (1 if parts is None else len(parts)):
+            raise RuntimeError(f"{cfg.task} obs {group}.{key} has {n} entries, layout expects {parts}")
+    if cfg.obs_mode == "rgb":
+        have = sorted(raw["sensor_data"])
+        if have != sorted(CAMERAS):
+            raise RuntimeError(f"{cfg.task} cameras {have} != expected {list(CAMERAS)}")
+
 
 class ManiSkillEnv:
     """A single (num_envs=1) ManiSkill env with numpy observations in the policy format."""
@@ -81,13 +110,7 @@ class ManiSkillEnv:
         import mani_skill.envs  # noqa: F401  (registers the tasks)
 
         self.cfg = cfg
-        kwargs: dict[str, Any] = dict(
-            obs_mode="state_dict" if cfg.obs_mode == "state" else "rgb",
-            control_mode=cfg.control_mode, reward_mode=cfg.reward_mode, render_backend=cfg.render_backend,
-            sim_backend=cfg.sim_backend, max_episode_steps=cfg.max_episode_steps)
-        if cfg.obs_mode == "rgb":
-            kwargs["sensor_configs"] = dict(width=cfg.image_size, height=cfg.image_size)
-        self.env = gym.make(cfg.task, **kwargs)
+        self.env = gym.make(cfg.task, **gym_kwargs(cfg))
         self.unwrapped = self.env.unwrapped
         self.state_names = state_names(cfg)
         self.cameras = CAMERAS if cfg.obs_mode == "rgb" else ()
@@ -137,20 +160,7 @@ class ManiSkillEnv:
         return {"state": np.concatenate(parts), "images": images}
 
     def _check_layout(self, raw: dict[str, Any]) -> None:
-        fields = state_fields(self.cfg)
-        for group in ("agent", "extra"):
-            expected = [k for g, k, _ in fields if g == group]
-            if list(raw[group]) != expected:
-                raise RuntimeError(f"{self.cfg.task} obs[{group!r}] has keys {list(raw[group])}, the state layout "
-                                   f"expects {expected}; update sim/maniskill/env.py for this ManiSkill version")
-        for group, key, parts in fields:
-            n = _np(raw[group][key]).size
-            if n != (1 if parts is None else len(parts)):
-                raise RuntimeError(f"{self.cfg.task} obs {group}.{key} has {n} entries, layout expects {parts}")
-        if self.cameras:
-            have = sorted(raw["sensor_data"])
-            if have != sorted(self.cameras):
-                raise RuntimeError(f"{self.cfg.task} cameras {have} != expected {list(self.cameras)}")
+        check_layout(self.cfg, raw)
         self._checked = True
 
     # --- ground truth for scripted experts ------------------------------------------------------------------
