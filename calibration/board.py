@@ -13,7 +13,7 @@ hand-eye calibration needs ChArUco.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import cv2
@@ -82,8 +82,7 @@ class Board:
         return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.pop("_cv")
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
         if self.kind == "checkerboard":
             d.pop("marker_length"), d.pop("dictionary")
         return d

@@ -6,6 +6,7 @@
     pirl deploy ...                  run the deploy node(s) without `ros2 launch`
     pirl replay ...                  view / re-run / re-execute a recorded episode
     pirl report ...                  summarise recorded evaluations
+    pirl calibrate ...               camera intrinsics, hand-eye pose, sim twin check (calibration/)
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "deploy": ("pirl_robot.deploy.runner", "run the deploy node and drivers (what deploy.launch.py starts)"),
     "replay": ("pirl_robot.replay.cli", "view a recorded episode (Rerun), re-run it offline, re-execute it on an arm"),
     "report": ("pirl_robot.report.cli", "success rates (Wilson CI), interventions, latencies of recorded episodes"),
+    "calibrate": ("calibration.cli", "camera intrinsics, hand-eye pose, the sim twin's camera check"),
 }
 
 

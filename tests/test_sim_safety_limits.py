@@ -80,6 +80,7 @@ def test_policy_trained_with_limits_keeps_its_success_behind_the_filter(tmp_path
     for name, limits in (("without_limits", None), ("with_limits", SIM_PANDA)):
         ckpt = train_bc_checkpoint(tmp_path / f"{name}_ckpt", episodes=demos, steps=steps, safety_config=limits)
         bundle = export_bundle(ckpt, tmp_path / f"{name}_bundle")
+        (tmp_path / name).mkdir()
         hil = run_hil(tmp_path / name, demos, steps, episodes, filtered=True, bundle=bundle)
         seeds, noise = [r["seed"] for r in hil["hil"]], [r["noise_seed"] for r in hil["hil"]]
         policy = load_bundle(bundle)
