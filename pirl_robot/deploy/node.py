@@ -123,6 +123,7 @@ class DeployNode(LifecycleNode):
                                  self.bundle.policy.spec.instruction)
             self.inputs.connect(self._on_joint_state)
             self.arm = self.inputs.arm
+            self._check_calibration(p)  # issue 15: bundle's camera calibration vs the live one
             self.safety.driver(True)
             from pirl_robot.record.ros import attach_recorder  # recording + Rerun on node.taps (record/ros.py)
 
@@ -149,6 +150,14 @@ class DeployNode(LifecycleNode):
         self.get_logger().info(f"configured: bundle {self.bundle.bundle_id} ({spec.robot}, {spec.action_dim} "
                                f"actions, chunk {spec.chunk_size}/{self.broker.exec_horizon} at {spec.control_hz} Hz)")
         return TransitionCallbackReturn.SUCCESS
+
+    def _check_calibration(self, p: dict) -> None:
+        from pirl_robot.deploy.calibration_check import check_cameras, parse_calibration_entries
+
+        cams = {name: cam for name, (cam, _) in self.inputs.cameras.items()}
+        for ok, line in check_cameras(self.bundle.camera_calibrations(), parse_calibration_entries(
+                p["camera_calibrations"]), cams, p["calibration_check"]):  # CalibrationMismatch: a ValueError
+            (self.get_logger().info if ok else self.get_logger().warning)(line)
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._active = True
