@@ -7,6 +7,7 @@
     pirl serve BUNDLE                serve a policy to robot computers without a GPU (remote://)
     pirl replay ...                  view / re-run / re-execute a recorded episode
     pirl report ...                  summarise recorded evaluations
+    pirl calibrate ...               camera intrinsics, hand-eye pose, sim twin check (calibration/)
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "serve": ("pirl_robot.serve.cli", "serve a bundle over websockets to deploy nodes on GPU-less robot computers"),
     "replay": ("pirl_robot.replay.cli", "view a recorded episode (Rerun), re-run it offline, re-execute it on an arm"),
     "report": ("pirl_robot.report.cli", "success rates (Wilson CI), interventions, latencies of recorded episodes"),
+    "calibrate": ("calibration.cli", "camera intrinsics, hand-eye pose, the sim twin's camera check"),
 }
 
 

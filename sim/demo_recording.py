@@ -70,13 +70,15 @@ def demo_features(spec: PolicySpec, use_videos: bool = False) -> dict[str, dict[
 def run_expert_episode(env, obs: dict[str, Any], act: Callable[[], np.ndarray]) -> tuple[list[Frame], bool]:
     """Step a freshly reset env (obs: its first observation) with act() until the episode ends.
 
-    Frame t holds the observation before action t and action t as executed (after env.clip_action)."""
+    Frame t holds the observation before action t and action t as executed (after env.clip_action and, where the
+    env runs the robot's safety limits, after the SafetyFilter: info['executed_action'])."""
     frames = []
     while True:
         action = env.clip_action(act())
         frame = {"observation.state": obs["state"], "action": action}
         frame.update({f"observation.images.{c}": img for c, img in obs["images"].items()})
         obs, reward, terminated, truncated, info = env.step(action)
+        frame["action"] = np.asarray(info.get("executed_action", action), dtype=np.float32)  # after safety limits
         frame["next.reward"] = np.array([reward], dtype=np.float32)
         frames.append(frame)
         if terminated or truncated:

@@ -94,8 +94,10 @@ def spin_in_thread(nodes, ctx):
     return shutdown
 
 
-def collect_expert_chunks(task: str, episodes: int, chunk_size: int, seed0: int = 5000):
-    """Scripted-expert demos from the sim adapter, cut into (state, action chunk, is_pad) training samples."""
+def collect_expert_chunks(task: str, episodes: int, chunk_size: int, seed0: int = 5000,
+                          safety_config: str | None = None):
+    """Scripted-expert demos from the sim adapter, cut into (state, action chunk, is_pad) training samples.
+    safety_config: the expert runs behind the robot's safety filter and the executed actions are the labels."""
     import numpy as np
     import torch
 
@@ -103,7 +105,7 @@ def collect_expert_chunks(task: str, episodes: int, chunk_size: int, seed0: int 
     from sim.maniskill.env import ManiSkillEnv
     from sim.maniskill.experts import make_expert
 
-    cfg = TaskConfig(task=task, obs_mode="state")
+    cfg = TaskConfig(task=task, obs_mode="state", safety_config=safety_config)
     env = ManiSkillEnv(cfg)
     states, chunks, pads = [], [], []
     try:
@@ -115,8 +117,8 @@ def collect_expert_chunks(task: str, episodes: int, chunk_size: int, seed0: int 
             for _ in range(cfg.max_episode_steps):
                 a = expert.act(env.privileged())
                 ss.append(obs["state"])
-                aa.append(a)
                 obs, _, _, _, info = env.step(a)
+                aa.append(info["executed_action"] if safety_config else a)
                 if info["success"]:
                     break
             aa = np.asarray(aa)
@@ -142,7 +144,7 @@ def chunk_stats(spec: PolicySpec, data: dict) -> PolicyTransforms:
 
 
 def train_bc_checkpoint(path: Path, task: str = "PushCube-v1", episodes: int = 20, steps: int = 1000,
-                        seed: int = 0) -> Path:
+                        seed: int = 0, safety_config: str | None = None) -> Path:
     """A flow_mlp behaviour-cloned on scripted-expert demos (the lead's `pirl train` does this plus RL)."""
     from pirl_robot.flow.sampler import ChainConfig
     from pirl_robot.rl.sft import behaviour_clone
@@ -151,7 +153,7 @@ def train_bc_checkpoint(path: Path, task: str = "PushCube-v1", episodes: int = 2
 
     torch.manual_seed(seed)
     spec = task_spec(TaskConfig(task=task, obs_mode="state"))
-    data = collect_expert_chunks(task, episodes, spec.chunk_size)
+    data = collect_expert_chunks(task, episodes, spec.chunk_size, safety_config=safety_config)
     model = build_model("flow_mlp", {"hidden": 256, "depth": 3}, spec)
     policy = Policy(spec=spec, model=model, transforms=chunk_stats(spec, data),
                     sampler=ChainConfig(num_steps=4, mode="ode"))

@@ -5,6 +5,7 @@
     <bundle>/model.json        model kind, model config, sampler settings
     <bundle>/spec.json         the PolicySpec (cameras, joint names and order, units, action type, rates, horizons)
     <bundle>/stats.json        normalisation statistics
+    <bundle>/calibration_<camera>.yaml   optional: the camera calibration the policy was trained with
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ MODEL_JSON = "model.json"
 SPEC_JSON = "spec.json"
 STATS_JSON = "stats.json"
 PAYLOAD = (WEIGHTS, MODEL_JSON, SPEC_JSON, STATS_JSON)
+CALIBRATION_FILE = "calibration_{}.yaml"  # optional, one per camera, listed in manifest["camera_calibrations"]
 _PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # pickle protocol >= 2, and torch.save's zip container
 
 

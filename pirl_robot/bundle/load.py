@@ -31,6 +31,18 @@ class Bundle:
     def content_sha256(self) -> str:
         return self.manifest["content_sha256"]
 
+    def camera_calibrations(self) -> dict:
+        """Camera name -> calibration.CalibrationFile the policy was trained with (verified with the bundle)."""
+        from calibration.calib_file import CalibrationFileError, load_calibration
+
+        out = {}
+        for cam, name in (self.manifest.get("camera_calibrations") or {}).items():
+            try:
+                out[cam] = load_calibration(self.path / name)
+            except CalibrationFileError as e:
+                raise BundleError(f"bundle {self.path}: {e}") from e
+        return out
+
 
 def open_bundle(bundle_dir: str | Path, robot_spec: PolicySpec | None = None, device: str = "cpu") -> Bundle:
     d = Path(bundle_dir)

@@ -143,6 +143,19 @@ class DeployNode(LifecycleNode):
                                f"chunk {spec.chunk_size}/{d.loop.broker.exec_horizon} at {spec.control_hz} Hz)")
         return TransitionCallbackReturn.SUCCESS
 
+    def _check_calibration(self, p: dict, bundle, inputs: Inputs) -> None:
+        """Warn or refuse (CalibrationMismatch, a ValueError) where a live camera differs from the calibration the
+        policy was trained with (deploy/calibration_check.py)."""
+        from pirl_robot.deploy.calibration_check import check_cameras, parse_calibration_entries
+
+        if isinstance(bundle, RemoteBundle):
+            self.get_logger().info("remote policy: the served bundle's camera calibration is not checked here")
+            return
+        cams = {name: cam for name, (cam, _) in inputs.cameras.items()}
+        for ok, line in check_cameras(bundle.camera_calibrations(), parse_calibration_entries(
+                p["camera_calibrations"]), cams, p["calibration_check"]):
+            (self.get_logger().info if ok else self.get_logger().warning)(line)
+
     def _build(self) -> Deployment:
         """Bundle, command map, safety stage, drivers, control loop, recorder and ROS interfaces; on an error
         everything made so far is released again."""
@@ -177,6 +190,7 @@ class DeployNode(LifecycleNode):
             if isinstance(bundle, RemoteBundle):  # a lost policy server is a policy fault at the next tick
                 bundle.policy.on_lost = loop.policy_lost
             inputs.connect(loop.wake)
+            self._check_calibration(p, bundle, inputs)  # the bundle's camera calibration vs the live cameras
             safety.driver(True)
             events_pub = self.create_publisher(String, "~/safety_events", qos("reliable", 50))
             stack.callback(self.destroy_publisher, events_pub)
@@ -192,6 +206,14 @@ class DeployNode(LifecycleNode):
             if recorder is not None:
                 stack.callback(recorder.close)  # first on release: commits the open episode
             return Deployment(bundle, command_map, safety, inputs, loop, stack.pop_all())
+
+    def _check_calibration(self, p: dict) -> None:
+        from pirl_robot.deploy.calibration_check import check_cameras, parse_calibration_entries
+
+        cams = {name: cam for name, (cam, _) in self.inputs.cameras.items()}
+        for ok, line in check_cameras(self.bundle.camera_calibrations(), parse_calibration_entries(
+                p["camera_calibrations"]), cams, p["calibration_check"]):  # CalibrationMismatch: a ValueError
+            (self.get_logger().info if ok else self.get_logger().warning)(line)
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.deployment.loop.start()

@@ -102,6 +102,10 @@ PARAMS: tuple[Param, ...] = (
     Param("action_state_index", "int[]", [], "For each action entry, the state entry it commands (-1: none)."),
     Param("cameras", "str[]", [], "Cameras as 'name=HxW=source', source 'topic:/t', 'opencv:/dev/video0' or "
           "'realsense:<serial>'; images are resized to HxW.", _cameras),
+    Param("camera_calibrations", "str[]", [], "This robot's camera calibrations as 'camera=path.yaml' (pirl "
+          "calibrate): compared with the bundle's on configure (deploy/calibration_check.py)."),
+    Param("calibration_check", "str", "warn", "Live camera vs the bundle's calibration beyond tolerance (3 px, "
+          "10 mm, 1 deg): 'warn', 'refuse' (configure fails) or 'off'.", _one_of(("warn", "refuse", "off"))),
     Param("safety_config", "str", "", "Robot yaml with a 'safety:' section (limits, watchdog; docs/safety.md), "
           "relative paths from the repository root; 'unfiltered' runs without limits (simulated arms, tests)."),
     Param("estop_topic", "str", "/estop", "std_msgs/Bool: true presses the e-stop (latches until ~/reset_estop)."),

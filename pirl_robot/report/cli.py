@@ -4,6 +4,7 @@ interventions and e-stops, latency histograms; PNG plots and a one-page report.m
     pirl report recordings/                                  # every session under it -> recordings/report/
     pirl report recordings/SESSION_A recordings/SESSION_B --out outputs/report/eval-2026-11-22
     pirl report recordings/ --bundle 8411e205ceaa            # only episodes of bundles whose id starts so
+    pirl report recordings/SESSION --sim-gap                 # recorded commands re-run in the sim twin (sim_gap.md)
 
 Episodes without an outcome are listed and left out of the rates; journals not yet committed (a crash before
 the next start) are reported (commit them with `python -m pirl_robot.record.commit DIR`).
@@ -123,8 +124,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("paths", nargs="+", help="record dirs, session dirs or episode dirs")
     ap.add_argument("--out", default=None, help="output directory (default: <first path>/report)")
     ap.add_argument("--bundle", default="", help="only episodes of bundles whose id starts with this")
+    ap.add_argument("--sim-gap", action="store_true", help="sim-real gap: the episodes' applied commands re-executed "
+                    "in the simulated twin, per-joint RMSE / lag / max deviation and plots (report/sim_gap.py)")
+    ap.add_argument("--inject-delay-ticks", type=int, default=0, help="--sim-gap check: the real side as an arm "
+                    "that applies commands this many periods late")
+    ap.add_argument("--inject-gain", type=float, default=1.0, help="--sim-gap check: the real side as an arm that "
+                    "moves this fraction of the way to each command per period")
     a = ap.parse_args(argv)
     out = Path(a.out) if a.out else Path(a.paths[0]) / "report"
+    if a.sim_gap:  # issue 15
+        return _sim_gap(a, out)
     try:
         res = build_report(a.paths, out, a.bundle)
     except RecordingError as e:
@@ -132,6 +141,22 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(res["markdown"].read_text())
     print(f"report: {res['markdown']}  (+ {', '.join(p.name for p in res['figures'].values())}, report.json)")
+    return 0
+
+
+def _sim_gap(a, out: Path) -> int:
+    from pirl_robot.report.sim_gap import build_sim_gap_report
+
+    try:
+        eps = [e for e in find_episodes(a.paths) if e.bundle_id.startswith(a.bundle)]
+        if not eps:
+            raise RecordingError(f"no recorded episode under {a.paths}")
+        build_sim_gap_report(eps, out, a.inject_delay_ticks, a.inject_gain)
+    except RecordingError as e:
+        print(f"pirl report: {e}", file=sys.stderr)
+        return 2
+    print((out / "sim_gap.md").read_text())
+    print(f"report: {out / 'sim_gap.md'} (+ sim_gap.json, one plot per episode)")
     return 0
 
 

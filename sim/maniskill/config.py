@@ -35,6 +35,9 @@ class TaskConfig:
     sim_backend: str = "cpu"
     render_backend: str = "cpu"
     credit_remaining_steps: bool = True  # dense rewards: success pays the remaining steps (see ManiSkillEnv.step)
+    # --- the twin of the real robot (issue 15; opt-in) ---
+    camera_calibration: str | None = None  # calibration YAML: base_camera rendered as that camera (sim/maniskill/twin.py)
+    safety_config: str | None = None       # robot yaml: actions pass the deploy SafetyFilter (sim/safety_limits.py)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:

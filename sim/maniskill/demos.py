@@ -101,8 +101,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--noise", type=float, default=0.0, help="std (rad) of noise on the expert's joint targets")
     p.add_argument("--max-attempts", type=int, default=None)
     p.add_argument("--videos", action="store_true", help="store cameras as MP4 instead of PNG frames")
+    p.add_argument("--safety-config", default=None, help="robot yaml: the expert runs behind its SafetyFilter and "
+                   "the executed actions are recorded (sim/safety_limits.py)")
+    p.add_argument("--camera-calibration", default=None, help="calibration YAML for base_camera (sim/maniskill/twin.py)")
     a = p.parse_args(argv)
-    cfg = TaskConfig(task=a.task, obs_mode=a.obs_mode, image_size=a.image_size, max_episode_steps=a.max_episode_steps)
+    cfg = TaskConfig(task=a.task, obs_mode=a.obs_mode, image_size=a.image_size, max_episode_steps=a.max_episode_steps,
+                     safety_config=a.safety_config, camera_calibration=a.camera_calibration)
     record_demos(cfg, a.episodes, a.out, seed=a.seed, noise=a.noise, max_attempts=a.max_attempts,
                  use_videos=a.videos)
 

@@ -110,7 +110,11 @@ class ManiSkillEnv:
         import mani_skill.envs  # noqa: F401  (registers the tasks)
 
         self.cfg = cfg
-        self.env = gym.make(cfg.task, **gym_kwargs(cfg))
+        kwargs = gym_kwargs(cfg)
+        self.twin, self.limits = _twin_hooks(cfg)  # issue 15: calibrated camera, robot safety limits (or None)
+        if self.twin is not None and cfg.obs_mode == "rgb":
+            kwargs["sensor_configs"].update(self.twin.sensor_configs())
+        self.env = gym.make(cfg.task, **kwargs)
         self.unwrapped = self.env.unwrapped
         self.state_names = state_names(cfg)
         self.cameras = CAMERAS if cfg.obs_mode == "rgb" else ()
@@ -126,13 +130,19 @@ class ManiSkillEnv:
         raw, info = self.env.reset(seed=seed)
         if not self._checked:
             self._check_layout(raw)
+        if self.limits is not None:
+            self.limits.reset(self.privileged()["qpos"])
         return self.convert_obs(raw), _info(info)
 
     def step(self, action: np.ndarray) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
         """action: (8,) = 7 absolute arm joint targets (rad) + gripper in [-1, 1] (1 open). Clipped to the
         action box (joint limits), as an arm driver would; non-finite actions are refused."""
-        raw, reward, terminated, truncated, info = self.env.step(self.clip_action(action))
+        action = self.clip_action(action)
+        if self.limits is not None:  # the deploy node's SafetyFilter between the policy and the arm
+            action = self.limits.filter(action, self.privileged()["qpos"])
+        raw, reward, terminated, truncated, info = self.env.step(action)
         reward, terminated = float(reward.item()), bool(terminated.item())
+        info["executed_action"] = action
         if terminated and self.cfg.reward_mode != "sparse" and self.cfg.credit_remaining_steps:
             # Episodes end on success. With a dense per-step reward that would pay a policy to postpone success
             # (a longer episode collects more); credit the remaining steps at the success step's reward instead,
@@ -157,10 +167,16 @@ class ManiSkillEnv:
     def convert_obs(self, raw: dict[str, Any]) -> dict[str, Any]:
         parts = [_np(raw[group][key]).reshape(-1).astype(np.float32) for group, key, _ in state_fields(self.cfg)]
         images = {cam: _np(raw["sensor_data"][cam]["rgb"])[0] for cam in self.cameras}
+        if self.twin is not None and self.twin.uid in images:
+            images[self.twin.uid] = self.twin.distort(images[self.twin.uid])
         return {"state": np.concatenate(parts), "images": images}
 
     def _check_layout(self, raw: dict[str, Any]) -> None:
         check_layout(self.cfg, raw)
+        if self.twin is not None:
+            from sim.maniskill.twin import check_base_pose
+
+            check_base_pose(self.twin, self.privileged()["base_pose"])
         self._checked = True
 
     # --- ground truth for scripted experts ------------------------------------------------------------------
@@ -178,6 +194,20 @@ class ManiSkillEnv:
             "goal_pos": _np(goal.pose.p)[0].astype(np.float64),
             "base_pose": _np(u.agent.robot.pose.raw_pose)[0].astype(np.float64),
         }
+
+
+def _twin_hooks(cfg: TaskConfig):
+    """The calibrated camera and the robot's safety limits this env runs with (issue 15), each None unless set."""
+    twin = limits = None
+    if cfg.camera_calibration:
+        from sim.maniskill.twin import CameraTwin
+
+        twin = CameraTwin.from_file(cfg.camera_calibration, cfg.task, cfg.image_size, cfg.image_size)
+    if cfg.safety_config:
+        from sim.safety_limits import SimSafetyLimits
+
+        limits = SimSafetyLimits.from_config(cfg.safety_config, task_spec(cfg))
+    return twin, limits
 
 
 def _np(x: Any) -> np.ndarray:
