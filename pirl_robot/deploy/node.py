@@ -207,14 +207,6 @@ class DeployNode(LifecycleNode):
                 stack.callback(recorder.close)  # first on release: commits the open episode
             return Deployment(bundle, command_map, safety, inputs, loop, stack.pop_all())
 
-    def _check_calibration(self, p: dict) -> None:
-        from pirl_robot.deploy.calibration_check import check_cameras, parse_calibration_entries
-
-        cams = {name: cam for name, (cam, _) in self.inputs.cameras.items()}
-        for ok, line in check_cameras(self.bundle.camera_calibrations(), parse_calibration_entries(
-                p["camera_calibrations"]), cams, p["calibration_check"]):  # CalibrationMismatch: a ValueError
-            (self.get_logger().info if ok else self.get_logger().warning)(line)
-
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.deployment.loop.start()
         if self.values["autostart"]:
