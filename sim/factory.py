@@ -151,7 +151,8 @@ def ensure_demos(env_cfg: DictConfig, episodes: int, root: Path, seed: int, prog
     if root.exists():  # an interrupted recording: demos are regenerable, so start that directory afresh
         print(f"[demos] {root} is incomplete (interrupted recording?); recording it again")
         shutil.rmtree(root)
-    record_demos(_maniskill_task(env_cfg, backend="cpu"), episodes, root, seed=seed, log=print if progress else (lambda *a: None))
+    record_demos(_maniskill_task(env_cfg, backend="cpu"), episodes, root, seed=seed,  # experts: one CPU env
+                 log=print if progress else (lambda *a: None))
     return root
 
 

@@ -157,7 +157,8 @@ class BatchedManiSkillEnv:
     # --- plumbing ---------------------------------------------------------------------------------------------
     def _reset_envs(self, envs: list[int], seeds: list[int | None]) -> None:
         """Partial reset of `envs` (their new obs rows replace self.obs's); equal seeds -> identical states."""
-        drawn = [int(s) if s is not None else int(self.seed_streams[i].integers(2**31 - 1)) for i, s in zip(envs, seeds)]
+        drawn = [int(s) if s is not None else int(self.seed_streams[i].integers(2**31 - 1))
+                 for i, s in zip(envs, seeds)]
         leader: dict[int, int] = {}  # seed -> first env reset with it
         for i, s in zip(envs, drawn):
             leader.setdefault(s, i)
