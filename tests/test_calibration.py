@@ -182,3 +182,31 @@ def test_calibration_file_roundtrip_and_camera_info_part(tmp_path, fk, board):
     # a resized image (what the deploy node feeds a 64 px policy) keeps the rays: a pixel maps to the same pixel
     small = cal.scaled(64, 48)
     assert np.allclose((cal.project(pts) + 0.5) / 10 - 0.5, small.project(pts), atol=1e-9)
+
+
+def test_capture_through_the_deploy_camera_driver(tmp_path, camera, board):
+    """`pirl calibrate capture --no-joints` path: the deploy path's OpenCV driver (here reading a video file as a
+    stand-in device), the operator prompt per pose, then the session read back and calibrated views detected."""
+    import cv2
+
+    from calibration.capture import capture_session, open_session
+    from pirl_robot.drivers.cameras.opencv import OpenCVCamera
+
+    rng = np.random.default_rng(8)
+    clip = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, SIZE)
+    for T in random_board_views(board, 6, rng):
+        frame = camera.render(board, T, NOISE, rng)
+        for _ in range(3):
+            writer.write(cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR))
+    writer.release()
+    answers = iter(["", "s", "", "", "q"])
+    said = []
+    session = capture_session(tmp_path / "s1", board, OpenCVCamera("base_camera", str(clip), fps=10.0, loop=True),
+                              None, camera_source=f"opencv:{clip}", poses=10, prompt=lambda _: next(answers),
+                              log=said.append)
+    assert len(session.entries) == 3 and all("corners" in line for line in said), said
+    back = open_session(tmp_path / "s1")
+    views = back.views()
+    assert back.image_size == SIZE and [v.joints for v in views] == [None] * 3
+    assert sum(not board.detect(v.image).problem for v in views) >= 2
