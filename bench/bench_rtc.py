@@ -14,10 +14,12 @@ while the chunk is "in flight" it keeps executing the current one. Per chunk swi
   rtc      the request carries the current plan from tick k on as a guided prefix (flow/rtc.py: lerobot's
            RTCProcessor), inference_delay d, guidance fading out where the plan ends; no crossfade
 The first chunk of an episode comes without delay (the arm waits at rest for it in every mode).
-Metrics over the executed arm-joint targets (rad): `kink` = |a[s] - 2a[s-1] + a[s-2]| (L2 over the 7 joints) at
+Metrics over the executed arm-joint targets (rad): `jump` = |a[s] - plan[s]| (L2 over the 7 joints) at each
+tick s where a new chunk takes over, plan[s] being what the current chunk (with any crossfade) had for that tick:
+how far the switch departs from what the arm was about to do; `kink` = |a[s] - 2a[s-1] + a[s-2]| (L2 over the 7 joints) at
 each tick s where a new chunk takes over (its jump away from the straight continuation), mean over switches;
 `jerk` = third difference * hz^3 (rad/s^3), RMS and max over all ticks; success = the episode succeeded at some
-step. Results: stdout table, bench/results/rtc.json. The default policy is behaviour-cloned on the scripted
+step. Results: stdout table, bench/results/rtc_k<K>.json. The default policy is behaviour-cloned on the scripted
 expert in a few minutes (tests/deploy_utils.py) and cached in bench/results/rtc_bc_*/.
 """
 
@@ -57,11 +59,14 @@ def run_episode(env, policy, seed: int, mode: str, delay: int, exec_horizon: int
     rng = np.random.default_rng(seed)
     obs, _ = env.reset(seed=seed)
     in_flight = None  # (arrival tick, actions, obs tick)
-    executed, switches, success = [], [], False
+    executed, switches, jumps, success = [], [], [], False
     for tick in range(env.cfg.max_episode_steps):
         if in_flight is not None and tick >= in_flight[0]:
+            planned = broker.action(tick)  # what the arm would run now without the new chunk
             broker.put(in_flight[1], in_flight[2], tick)
             switches.append(tick)
+            if planned is not None:
+                jumps.append(float(np.linalg.norm(broker.action(tick)[:7] - planned[:7])))
             in_flight = None
         if broker.needs_inference(tick):
             broker.mark_requested(tick)
@@ -87,7 +92,7 @@ def run_episode(env, policy, seed: int, mode: str, delay: int, exec_horizon: int
     at_switch = {s for s in switches if 2 <= s < len(a)}
     kinks = [second[s - 2] for s in sorted(at_switch)]
     within = [second[i - 2] for i in range(2, len(a)) if i not in at_switch]
-    return {"success": success, "steps": len(a), "kinks": kinks, "within": within,
+    return {"success": success, "steps": len(a), "kinks": kinks, "within": within, "jumps": jumps,
             "jerk_sq": float((jerk ** 2).sum()), "jerk_n": int(jerk.shape[0]),
             "jerk_max": float(np.abs(jerk).max()) if jerk.size else 0.0}
 
@@ -102,6 +107,7 @@ def main(argv=None) -> int:
     ap.add_argument("--demos", type=int, default=100, help="expert demos of the quick BC policy")
     ap.add_argument("--bc-steps", type=int, default=3000, help="training steps of the quick BC policy")
     ap.add_argument("--seed0", type=int, default=2000)
+    ap.add_argument("--num-steps", type=int, default=0, help="denoising steps K (0: the policy's own)")
     ns = ap.parse_args(argv)
 
     from pirl_robot.flow.rtc import load_lerobot_rtc
@@ -113,6 +119,10 @@ def main(argv=None) -> int:
     results_dir.mkdir(exist_ok=True)
     policy = Policy.load(ns.checkpoint) if ns.checkpoint else quick_policy(results_dir / f"rtc_bc_{ns.demos}x{ns.bc_steps}", ns.demos,
                                                                              ns.bc_steps)
+    if ns.num_steps:
+        import dataclasses
+
+        policy.sampler = dataclasses.replace(policy.sampler, num_steps=ns.num_steps)
     load_lerobot_rtc()
     env = ManiSkillEnv(TaskConfig(task="PushCube-v1", obs_mode="state"))
     rows = []
@@ -124,28 +134,32 @@ def main(argv=None) -> int:
                        for i in range(ns.episodes)]
                 kinks = [k for e in eps for k in e["kinks"]]
                 within = [k for e in eps for k in e["within"]]
+                jumps = [j for e in eps for j in e["jumps"]]
                 rows.append({"delay": delay, "mode": mode, "episodes": len(eps),
                              "success": float(np.mean([e["success"] for e in eps])),
                              "kink_mean": float(np.mean(kinks)) if kinks else float("nan"),
                              "kink_p90": float(np.percentile(kinks, 90)) if kinks else float("nan"),
-                             "kink_within_mean": float(np.mean(within)),
+                             "kink_within_mean": float(np.mean(within)), "jump_mean": float(np.mean(jumps)),
+                             "jump_p90": float(np.percentile(jumps, 90)),
                              "jerk_rms": float(np.sqrt(sum(e["jerk_sq"] for e in eps) / sum(e["jerk_n"] for e in eps))),
                              "jerk_max": float(max(e["jerk_max"] for e in eps)), "switches": len(kinks)})
                 r = rows[-1]
-                print(f"d={delay} {mode:6s} success {r['success']:.2f}  kink {r['kink_mean']:.4f} rad "
+                print(f"d={delay} {mode:6s} success {r['success']:.2f}  jump {r['jump_mean']:.4f}  kink {r['kink_mean']:.4f} rad "
                       f"(p90 {r['kink_p90']:.4f}, within chunks {r['kink_within_mean']:.4f})  jerk rms {r['jerk_rms']:.0f} max {r['jerk_max']:.0f} rad/s^3",
                       flush=True)
     finally:
         env.close()
-    print(f"\n{ns.episodes} episodes per row (seeds {ns.seed0}..{ns.seed0 + ns.episodes - 1}, same noise), chunk "
-          f"{policy.spec.chunk_size}, exec horizon {ns.exec_horizon}, blend {ns.blend}; {time.monotonic() - t0:.0f} s")
-    print("| delay (periods) | mode | success | kink at switch, mean / p90 (rad) | kink within chunks, mean (rad) "
-          "| jerk RMS / max (rad/s^3) |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print(f"\n{ns.episodes} episodes per row (seeds {ns.seed0}..{ns.seed0 + ns.episodes - 1}, same noise), "
+          f"K={policy.sampler.num_steps} denoising steps, chunk {policy.spec.chunk_size}, exec horizon {ns.exec_horizon}, blend {ns.blend}; {time.monotonic() - t0:.0f} s")
+    print("| delay (periods) | mode | success | jump from the plan at switch, mean / p90 (rad) | kink at switch, "
+          "mean / p90 (rad) | kink within chunks, mean (rad) | jerk RMS / max (rad/s^3) |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['delay']} | {r['mode']} | {r['success']:.2f} | {r['kink_mean']:.4f} / {r['kink_p90']:.4f} | "
+        print(f"| {r['delay']} | {r['mode']} | {r['success']:.2f} | {r['jump_mean']:.4f} / {r['jump_p90']:.4f} | "
+              f"{r['kink_mean']:.4f} / {r['kink_p90']:.4f} | "
               f"{r['kink_within_mean']:.4f} | {r['jerk_rms']:.0f} / {r['jerk_max']:.0f} |")
-    (results_dir / "rtc.json").write_text(json.dumps({"args": vars(ns), "rows": rows}, indent=2))
+    name = f"rtc_k{policy.sampler.num_steps}.json"
+    (results_dir / name).write_text(json.dumps({"args": vars(ns), "rows": rows}, indent=2))
     return 0
 
 

@@ -12,6 +12,8 @@ Rows (ms per chunk, forward excluded):
   remote worker       the same worker around RemotePolicy: submit -> chunk callback, minus the server's forward
   remote call         RemotePolicy.infer alone: round trip minus the server's forward (serialisation, websocket,
                       loopback, the server's parsing and checks): the added latency of the remote path
+  (health round trip)  a `health` request: the same connection and threads with a small message and no policy
+                      (the floor of this transport on this machine)
 Chunks are requested one at a time with a pause between them (as the node does, once per exec horizon), so every
 call wakes sleeping threads, as on a robot. Results: stdout table and bench/results/serve.json. Tails need an
 otherwise idle machine; on a shared one they mostly measure the neighbours.
@@ -108,7 +110,10 @@ def main(argv=None) -> int:
     ns = ap.parse_args(argv)
 
     from pirl_robot.bundle import load_bundle
+    from pirl_robot.deploy.realtime import GIL_SWITCH_INTERVAL_S
     from pirl_robot.serve.client import RemotePolicy, RemotePolicyError
+
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)  # as the deploy node's process (deploy/realtime.py)
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     bundle = make_bundle(tmp, ns.image)
@@ -155,6 +160,13 @@ def main(argv=None) -> int:
             forward.append(remote.last_timing["infer_ms"])
             time.sleep(pause)
         rows["remote call"] = call
+        health = []
+        for _ in range(ns.chunks):
+            t0 = time.perf_counter()
+            remote.health()
+            health.append((time.perf_counter() - t0) * 1e3)
+            time.sleep(pause)
+        rows["(health round trip)"] = health
         rows["(server forward)"] = forward
     finally:
         server.terminate()
