@@ -3,7 +3,7 @@ plain crossfade vs a hard switch, same episode seeds and policy noise.
 
     python bench/bench_rtc.py                        # ~3-5 min on 2 cores: a quick BC policy, 8 episodes per row
     python bench/bench_rtc.py --episodes 20 --delays 1 2 3
-    python bench/bench_rtc.py --checkpoint outputs/pushcube/checkpoints/last     # your own policy
+    python bench/bench_rtc.py --checkpoint outputs/pushcube/checkpoints/last    # your own policy
 
 The deploy node's own ActionChunkBroker runs in simulated time (one tick = one env step of ManiSkill PushCube-v1,
 20 Hz): a chunk requested at tick k is computed from tick k's observation and arrives d ticks later (the
@@ -16,10 +16,10 @@ while the chunk is "in flight" it keeps executing the current one. Per chunk swi
 The first chunk of an episode comes without delay (the arm waits at rest for it in every mode).
 Metrics over the executed arm-joint targets (rad): `jump` = |a[s] - plan[s]| (L2 over the 7 joints) at each
 tick s where a new chunk takes over, plan[s] being what the current chunk (with any crossfade) had for that tick:
-how far the switch departs from what the arm was about to do; `kink` = |a[s] - 2a[s-1] + a[s-2]| (L2 over the 7 joints) at
-each tick s where a new chunk takes over (its jump away from the straight continuation), mean over switches;
-`jerk` = third difference * hz^3 (rad/s^3), RMS and max over all ticks; success = the episode succeeded at some
-step. Results: stdout table, bench/results/rtc_k<K>.json. The default policy is behaviour-cloned on the scripted
+how far the switch departs from what the arm was about to do; `kink` = |a[s] - 2a[s-1] + a[s-2]| (L2 over the
+7 joints) at the same ticks (the bend away from the straight continuation), mean over switches, and at every other
+tick for scale; `jerk` = third difference * hz^3 (rad/s^3), RMS and max over all ticks; success = the episode
+succeeded at some step. Results: stdout table, bench/results/rtc_k<K>.json. The default policy is behaviour-cloned on the scripted
 expert in a few minutes (tests/deploy_utils.py) and cached in bench/results/rtc_bc_*/.
 """
 
@@ -117,8 +117,10 @@ def main(argv=None) -> int:
 
     results_dir = ROOT / "bench" / "results"
     results_dir.mkdir(exist_ok=True)
-    policy = Policy.load(ns.checkpoint) if ns.checkpoint else quick_policy(results_dir / f"rtc_bc_{ns.demos}x{ns.bc_steps}", ns.demos,
-                                                                             ns.bc_steps)
+    if ns.checkpoint:
+        policy = Policy.load(ns.checkpoint)
+    else:
+        policy = quick_policy(results_dir / f"rtc_bc_{ns.demos}x{ns.bc_steps}", ns.demos, ns.bc_steps)
     if ns.num_steps:
         import dataclasses
 
@@ -144,13 +146,14 @@ def main(argv=None) -> int:
                              "jerk_rms": float(np.sqrt(sum(e["jerk_sq"] for e in eps) / sum(e["jerk_n"] for e in eps))),
                              "jerk_max": float(max(e["jerk_max"] for e in eps)), "switches": len(kinks)})
                 r = rows[-1]
-                print(f"d={delay} {mode:6s} success {r['success']:.2f}  jump {r['jump_mean']:.4f}  kink {r['kink_mean']:.4f} rad "
-                      f"(p90 {r['kink_p90']:.4f}, within chunks {r['kink_within_mean']:.4f})  jerk rms {r['jerk_rms']:.0f} max {r['jerk_max']:.0f} rad/s^3",
-                      flush=True)
+                print(f"d={delay} {mode:6s} success {r['success']:.2f}  jump {r['jump_mean']:.4f}  kink "
+                      f"{r['kink_mean']:.4f} rad (p90 {r['kink_p90']:.4f}, within chunks {r['kink_within_mean']:.4f})  "
+                      f"jerk rms {r['jerk_rms']:.0f} max {r['jerk_max']:.0f} rad/s^3", flush=True)
     finally:
         env.close()
     print(f"\n{ns.episodes} episodes per row (seeds {ns.seed0}..{ns.seed0 + ns.episodes - 1}, same noise), "
-          f"K={policy.sampler.num_steps} denoising steps, chunk {policy.spec.chunk_size}, exec horizon {ns.exec_horizon}, blend {ns.blend}; {time.monotonic() - t0:.0f} s")
+          f"K={policy.sampler.num_steps} denoising steps, chunk {policy.spec.chunk_size}, exec horizon "
+          f"{ns.exec_horizon}, blend {ns.blend}; {time.monotonic() - t0:.0f} s")
     print("| delay (periods) | mode | success | jump from the plan at switch, mean / p90 (rad) | kink at switch, "
           "mean / p90 (rad) | kink within chunks, mean (rad) | jerk RMS / max (rad/s^3) |")
     print("| --- | --- | --- | --- | --- | --- | --- |")

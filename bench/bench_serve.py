@@ -172,7 +172,8 @@ def main(argv=None) -> int:
         server.terminate()
         server.wait(timeout=30)
     stats = {k: summary(v) for k, v in rows.items()}
-    obs_bytes = sum(np.asarray(v).nbytes for v in observation(local.spec, rng)["images"].values()) + 4 * local.spec.state_dim
+    images = observation(local.spec, rng)["images"].values()
+    obs_bytes = sum(np.asarray(v).nbytes for v in images) + 4 * local.spec.state_dim
     print(f"\nflow MLP (hidden 256, depth 3), chunk {local.spec.chunk_size}x{local.spec.action_dim}, observation "
           f"{obs_bytes} B, {ns.chunks} chunks per row, {ns.pause_ms} ms apart; ms per chunk, forward excluded")
     print(f"{'path':22s} {'p50':>8s} {'p99':>8s} {'max':>8s}")

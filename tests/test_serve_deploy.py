@@ -22,11 +22,11 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 
-from deploy_utils import PANDA_JOINTS, free_domain_id, panda_spec, ros_context, ros_env, spin_in_thread, tiny_policy
+from deploy_utils import HOME, PANDA_JOINTS, free_domain_id, home_bundle, ros_context, ros_env, spin_in_thread, \
+    tiny_policy
 from pirl_robot.bundle import export_bundle, open_bundle
 from pirl_robot.serve.server import PolicyServer
 
@@ -106,26 +106,8 @@ def test_hil_episodes_with_the_policy_served_by_pirl_serve(tmp_path, monkeypatch
     assert health["requests"] >= 2 * 50 // 8 and health["errors"] == 0
 
 
-HOME = [0.0, 0.4, 0.0, -1.9, 0.0, 2.3, 0.8, 0.04, 0.04]
 HZ = 20.0
 STOP_AFTER_S = 0.6
-
-
-def home_bundle(tmp_path):
-    """A small policy whose actions stay near HOME (inside every limit of configs/robot/panda.yaml)."""
-    import torch
-
-    from pirl_robot.transforms import PolicyTransforms, Stats
-
-    names = PANDA_JOINTS + ("panda_finger_joint1", "panda_finger_joint2")
-    spec = panda_spec(action_names=PANDA_JOINTS + ("gripper",), action_state_index=tuple(range(7)) + (-1,),
-                      state_names=tuple(f"qpos.{j}" for j in names), control_hz=HZ)
-    policy = tiny_policy(spec)
-    home = torch.tensor(HOME, dtype=torch.float32)
-    policy.transforms = PolicyTransforms(spec, Stats(home, torch.full((9,), 0.1)),
-                                         Stats(torch.cat([home[:7], torch.ones(1)]), torch.full((8,), 0.02)))
-    policy.save(tmp_path / "ckpt")
-    return export_bundle(tmp_path / "ckpt", tmp_path / "bundle"), spec, names
 
 
 def test_killed_server_holds_at_once_stops_after_the_timeout_and_resumes_on_start(tmp_path, monkeypatch):
@@ -135,7 +117,7 @@ def test_killed_server_holds_at_once_stops_after_the_timeout_and_resumes_on_star
     from pirl_robot.deploy.params import ros_parameters
     from pirl_robot.deploy.taps import TickRecord
 
-    bundle, spec, names = home_bundle(tmp_path)
+    bundle, spec, names = home_bundle(tmp_path, HZ)
     safety = yaml.safe_load((ROOT / "configs/robot/panda.yaml").read_text())
     safety["safety"]["watchdog"]["stop_after_s"] = STOP_AFTER_S
     safety_file = tmp_path / "panda_fast_stop.yaml"
