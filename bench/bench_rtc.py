@@ -19,8 +19,8 @@ tick s where a new chunk takes over, plan[s] being what the current chunk (with 
 how far the switch departs from what the arm was about to do; `kink` = |a[s] - 2a[s-1] + a[s-2]| (L2 over the
 7 joints) at the same ticks (the bend away from the straight continuation), mean over switches, and at every other
 tick for scale; `jerk` = third difference * hz^3 (rad/s^3), RMS and max over all ticks; success = the episode
-succeeded at some step. Results: stdout table, bench/results/rtc_k<K>.json. The default policy is behaviour-cloned on the scripted
-expert in a few minutes (tests/deploy_utils.py) and cached in bench/results/rtc_bc_*/.
+succeeded at some step. Results: stdout table, bench/results/rtc_k<K>.json. The default policy is
+behaviour-cloned on the scripted expert in a few minutes (tests/deploy_utils.py), cached in bench/results/rtc_bc_*/.
 """
 
 from __future__ import annotations
