@@ -160,3 +160,22 @@ def train_bc_checkpoint(path: Path, task: str = "PushCube-v1", episodes: int = 2
     behaviour_clone(policy, data, steps=steps, batch_size=128, seed=seed, progress=False)
     policy.save(path)
     return path
+
+
+HOME = [0.0, 0.4, 0.0, -1.9, 0.0, 2.3, 0.8, 0.04, 0.04]  # a Panda pose inside every limit (9 joints)
+
+
+def home_bundle(tmp_path: Path, control_hz: float = 20.0):
+    """A bundle of a small policy whose actions stay near HOME (inside every limit of configs/robot/panda.yaml);
+    returns (bundle dir, spec, the 9 joint names of its state)."""
+    from pirl_robot.bundle import export_bundle
+
+    names = PANDA_JOINTS + ("panda_finger_joint1", "panda_finger_joint2")
+    spec = panda_spec(action_names=PANDA_JOINTS + ("gripper",), action_state_index=tuple(range(7)) + (-1,),
+                      state_names=tuple(f"qpos.{j}" for j in names), control_hz=control_hz)
+    policy = tiny_policy(spec)
+    home = torch.tensor(HOME, dtype=torch.float32)
+    policy.transforms = PolicyTransforms(spec, Stats(home, torch.full((9,), 0.1)),
+                                         Stats(torch.cat([home[:7], torch.ones(1)]), torch.full((8,), 0.02)))
+    policy.save(tmp_path / "ckpt")
+    return export_bundle(tmp_path / "ckpt", tmp_path / "bundle"), spec, names

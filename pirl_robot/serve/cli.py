@@ -61,7 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     if token is None and not ns.no_auth:
         ap.error(f"set {ns.token_env} to the shared token (or --no-auth on a loopback host)")
     from pirl_robot.bundle import BundleError, open_bundle
+    from pirl_robot.deploy.realtime import GIL_SWITCH_INTERVAL_S
     from pirl_robot.serve.server import PolicyServer
+
+    # Each client has a receiving and a serving thread: hand the GIL over sooner than CPython's 5 ms default, as
+    # the deploy node does (deploy/realtime.py).
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
 
     try:
         bundle = open_bundle(ns.bundle, device=ns.device)
