@@ -74,6 +74,11 @@ class Policy:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def noise_shape(self) -> tuple[int, int]:
+        """Shape of one chunk's initial noise: the model's chain space (pi0 samples in its padded action dims)."""
+        return self.model.chunk_size, self.model.action_dim
+
     def prepare(self, raw: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return self.transforms.inputs(raw)
 
@@ -103,7 +108,7 @@ class Policy:
         raw = self.to_batch(obs)
         single = self.is_single(obs)
         if noise is not None:
-            noise = torch.as_tensor(np.asarray(noise), dtype=torch.float32)
+            noise = torch.as_tensor(np.asarray(noise), dtype=torch.float32, device=self.device)
             noise = noise.unsqueeze(0) if noise.ndim == 2 else noise
         if prefix is not None:
             actions = sample_with_prefix(self, raw, prefix, noise=noise, generator=generator)

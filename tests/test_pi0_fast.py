@@ -176,3 +176,31 @@ def test_prepare_inference_leaves_cpu_models_alone(tokenizer_dir):
     m = model("pi0", tokenizer_dir).eval()
     m.prepare_inference()
     assert all(p.dtype == torch.float32 for p in m.parameters()) and not m.cfg.autocast_bf16
+
+
+def test_deploy_inference_worker_draws_noise_in_pi0s_padded_space(tokenizer_dir):
+    """The deploy node's inference thread samples the chain's initial noise in the model's (padded) action space:
+    a pi0 whose max_action_dim exceeds the spec's answers with the spec's actions (it used to fail on the shape)."""
+    import queue
+
+    import numpy as np
+
+    from pirl_robot.deploy.inference import InferenceWorker
+    from pirl_robot.policy import Policy
+    from pirl_robot.transforms import PolicyTransforms, Stats
+
+    m = model("pi0", tokenizer_dir).eval()
+    ident = lambda n: Stats(mean=torch.zeros(n), std=torch.ones(n))  # noqa: E731
+    policy = Policy(SPEC, m, PolicyTransforms(SPEC, ident(5), ident(3)), model_kind="pi0")
+    assert policy.noise_shape == (4, 5)  # chunk 4, 3 actions padded by 2
+    results = queue.Queue()
+    worker = InferenceWorker(policy, results.put, seed=0)
+    try:
+        obs = {"state": np.zeros(5, np.float32), "images": {"base": np.zeros((32, 32, 3), np.uint8),
+                                                            "wrist": np.zeros((24, 24, 3), np.uint8)}}
+        worker.submit(obs, 0)
+        r = results.get(timeout=60)
+    finally:
+        worker.close()
+    assert r.error is None, r.error
+    assert r.actions.shape == (4, 3) and r.noise.shape == (4, 5)

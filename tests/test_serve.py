@@ -221,6 +221,7 @@ class SlowPolicy:
 
     def __init__(self, policy):
         self.policy, self.spec, self.model, self.model_kind = policy, policy.spec, policy.model, policy.model_kind
+        self.noise_shape = policy.noise_shape
         self.delay_s = 0.0
 
     def infer(self, obs, noise=None, prefix=None):

@@ -48,7 +48,7 @@ def evaluate_in_sim(policy, task_cfg, seeds: list[int], noise_seeds: list[int]) 
             obs, info = env.reset(seed=seed)
             steps, success_once = 0, False
             while steps < task_cfg.max_episode_steps:
-                noise = rng.standard_normal((spec.chunk_size, spec.action_dim)).astype(np.float32)
+                noise = rng.standard_normal(policy.noise_shape).astype(np.float32)
                 for a in policy.infer(obs, noise=noise)["actions"][:spec.exec_horizon]:
                     obs, _, _, _, info = env.step(a)
                     steps += 1

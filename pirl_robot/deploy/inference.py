@@ -65,7 +65,7 @@ class InferenceWorker:
                     return
                 rid, tick, obs, prefix = self._request
                 self._request = None
-            noise = self._rng.standard_normal((spec.chunk_size, spec.action_dim)).astype(np.float32)
+            noise = self._rng.standard_normal(self.policy.noise_shape).astype(np.float32)  # pi0: padded dims
             t0 = time.perf_counter()
             try:
                 extra = {} if prefix is None else {"prefix": prefix}

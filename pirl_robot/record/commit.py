@@ -129,8 +129,8 @@ def _write_dataset(j: JournalContents, root: Path) -> int:
             "policy.chunk_new": np.array([ch is not None]),
             "policy.chunk_actions": np.zeros((hz, n_a), np.float32) if ch is None else
             np.asarray(ch["actions"], np.float32).reshape(hz, n_a),
-            "policy.chunk_noise": np.zeros((hz, n_a), np.float32) if ch is None else
-            np.asarray(ch["noise"], np.float32).reshape(hz, n_a),
+            "policy.chunk_noise": np.zeros((hz, schema.noise_width), np.float32) if ch is None else
+            np.asarray(ch["noise"], np.float32).reshape(hz, schema.noise_width),
             "policy.latency_ms": np.array([0.0 if ch is None else ch["latency_ms"]], np.float32),
             "policy.executing": np.array([bool(fr.get("executing", True))]),
             "timing.tick": np.array([int(fr["tick"])], np.int64),

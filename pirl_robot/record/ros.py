@@ -74,7 +74,7 @@ def attach_recorder(node, bundle, cmap, arm, safety_name: str, taps: list) -> Re
         cameras=tuple((c.name, c.height, c.width) for c in map(parse_camera_entry, p["cameras"])),
         chunk_size=spec.chunk_size, command_scale=tuple(map(float, cmap.scale)),
         command_offset=tuple(map(float, cmap.offset)), action_state_index=tuple(spec.action_state_index),
-        fps=float(spec.control_hz))
+        fps=float(spec.control_hz), noise_dim=bundle.policy.noise_shape[1])
     info = SessionInfo(
         name=f"{time.strftime('%Y%m%d-%H%M%S')}_{node.get_name()}_{bundle.bundle_id[:12]}", schema=schema,
         task=spec.instruction, robot=spec.robot, operator=p["record_operator"],

@@ -13,7 +13,7 @@ Dataset features (one row per control tick that had an observation, while execut
     command.sent                   bool   False: nothing was sent this tick
     policy.chunk_new               bool   a chunk was computed from THIS row's observation ...
     policy.chunk_actions           (H, A) ... its actions (policy units) ...
-    policy.chunk_noise             (H, A) ... the initial noise it was sampled from (exact offline re-run) ...
+    policy.chunk_noise             (H, N) ... the initial noise (N: the model's chain width, pi0's padded dims) it was sampled from (exact offline re-run) ...
     policy.latency_ms              1      ... and its inference time
     policy.executing               bool   False on the rows of the controlled stop after ~/stop
     timing.tick                    int64  the node's control tick
@@ -50,10 +50,15 @@ class RecordSchema:
     action_state_index: tuple[int, ...] = ()
     fps: float = 20.0
     extra: dict = field(default_factory=dict)
+    noise_dim: int = 0  # width of the recorded chunk noise: the model's chain space (pi0: padded); 0 = action_dim
 
     @property
     def action_dim(self) -> int:
         return len(self.action_names)
+
+    @property
+    def noise_width(self) -> int:
+        return self.noise_dim or self.action_dim
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -101,7 +106,7 @@ def features(schema: RecordSchema, video: bool = False) -> dict[str, dict]:
         "command.sent": {"dtype": "bool", **scalar},
         "policy.chunk_new": {"dtype": "bool", **scalar},
         "policy.chunk_actions": {"dtype": "float32", "shape": (h, a), "names": None},
-        "policy.chunk_noise": {"dtype": "float32", "shape": (h, a), "names": None},
+        "policy.chunk_noise": {"dtype": "float32", "shape": (h, schema.noise_width), "names": None},
         "policy.latency_ms": {"dtype": "float32", **scalar},
         "policy.executing": {"dtype": "bool", **scalar},
         "timing.tick": {"dtype": "int64", **scalar},

@@ -77,7 +77,7 @@ def rerun_episode(episode: RecordedEpisode, policy, bundle_name: str = "", noise
     cams = [cam for cam, _, _ in episode.schema.cameras]
     images = {cam: episode.images(cam) for cam in cams}
     spec = policy.spec
-    shape = (spec.chunk_size, spec.action_dim)
+    shape = tuple(policy.noise_shape)
     same_shape = c["policy.chunk_noise"].shape[1:] == shape
     rng = np.random.default_rng(noise_seed if noise_seed is not None else 0)
     use_recorded = noise_seed is None and same_shape

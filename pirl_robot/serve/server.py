@@ -37,7 +37,7 @@ class PolicyServer:
         self.bundle, self.policy, self.spec = bundle, bundle.policy, bundle.policy.spec
         self.token, self.host, self.max_message_bytes, self.ssl_context, self.log = (
             token, host, max_message_bytes, ssl_context, log)
-        self.noise_shape = (self.policy.model.chunk_size, self.policy.model.action_dim)
+        self.noise_shape = self.policy.noise_shape
         self._requested_port = port
         self._policy_lock = threading.Lock()
         self._stats_lock = threading.Lock()
