@@ -88,6 +88,8 @@ class SafetyFilter:
         self.soft_lo, self.soft_hi = lim["soft_lo"], lim["soft_hi"]
         self.vmax = np.minimum(lim["max_velocity"], lim["max_step"] / self.period)  # the step cap as a speed
         self.amax, self.jmax = lim["max_acceleration"], lim["max_jerk"]
+        self._no_velocity = np.zeros(self.n)
+        self._arm_tolerance = cfg.start.tolerance
         width = self.hard_hi - self.hard_lo
         width = np.where(np.isfinite(width), width, 0.0)  # entries without position limits: no bands
         band = cfg.reject_beyond * width
@@ -249,12 +251,16 @@ class SafetyFilter:
 
     def _track(self, target: np.ndarray) -> None:
         q, starting = self._q, self.mode == Mode.STARTING
-        scale = self.cfg.start.velocity_scale if starting else 1.0
+        vmax, amax, jmax = self.vmax, self.amax, self.jmax
+        if starting:
+            s = self.cfg.start.velocity_scale
+            vmax, amax, jmax = s * vmax, s * amax, s * jmax
         lo, hi = np.minimum(self.soft_lo, q), np.maximum(self.soft_hi, q)  # a start in the margin band may stay there
-        target_velocity = np.zeros(self.n) if self._last_target is None else (target - self._last_target) / self.period
+        target_velocity = (self._no_velocity if self._last_target is None
+                           else (target - self._last_target) / self.period)
         self._last_target = target
-        intervals = limiter.velocity_intervals(q, self._v, self._a, lo, hi, scale * self.vmax, scale * self.amax,
-                                               scale * self.jmax, self.period, target, target_velocity)
+        intervals = limiter.velocity_intervals(q, self._v, self._a, lo, hi, vmax, amax, jmax, self.period, target,
+                                               target_velocity)
         v, binding = limiter.clip_by_priority((target - q) / self.period, intervals)
         if self.fk is not None:
             v = self._fit_workspace(v)
@@ -262,7 +268,7 @@ class SafetyFilter:
         if starting:
             # arm joints only: the gripper's ramp need not end for the arm to leave the start (the gripper stays
             # inside its own range, speed and step limits all along)
-            if (np.abs(self._q - target)[: self.n_arm] <= self.cfg.start.tolerance).all():
+            if (np.abs(self._q[: self.n_arm] - target[: self.n_arm]) <= self._arm_tolerance).all():
                 self._set_mode(Mode.RUNNING, "start_done", "caught up with the policy")
             return
         for name, mask in binding.items():

@@ -68,7 +68,7 @@ def velocity_intervals(q: np.ndarray, v: np.ndarray, a: np.ndarray, lo: np.ndarr
     - jerk.
     """
     e = target - q
-    up, down, closing_up, closing_down = max_speed_before_limit(np.stack([hi - q, q - lo, e, -e]), amax, period)
+    up, down, closing_up, closing_down = max_speed_before_limit(np.array([hi - q, q - lo, e, -e]), amax, period)
     approach_hi = np.where(e > 0, np.maximum(target_velocity, 0) + closing_up, np.inf)
     approach_lo = np.where(e < 0, np.minimum(target_velocity, 0) - closing_down, -np.inf)
     aT, jT = amax * period, jmax * period
@@ -92,8 +92,8 @@ def clip_by_priority(v_des: np.ndarray, intervals: list[tuple[str, np.ndarray, n
         lo, hi = np.minimum(np.maximum(ilo, lo), hi), np.maximum(np.minimum(ihi, hi), lo)
     v = np.minimum(np.maximum(v_des, lo), hi)
     tol = 1e-12 * (1.0 + np.abs(v))
-    his = np.stack([i[2] for i in intervals])
-    los = np.stack([i[1] for i in intervals])
+    his = np.array([i[2] for i in intervals])
+    los = np.array([i[1] for i in intervals])
     hit = (((v_des > v + tol) & (np.abs(v - his) <= tol)) | ((v_des < v - tol) & (np.abs(v - los) <= tol)))
     binding: dict[str, np.ndarray] = {}
     for (name, _, _), mask in zip(intervals, hit):
