@@ -216,7 +216,8 @@ class SafetyFilter:
             return None, ("no_command", "no policy command this tick")
         x = as_vector(action)
         if x is None or np.shape(action) != (self.n,):
-            return None, ("bad_command", f"command of shape {np.shape(action) if x is not None else type(action).__name__}, "
+            what = np.shape(action) if x is not None else type(action).__name__
+            return None, ("bad_command", f"command of shape {what}, "
                                          f"expected ({self.n},) = {list(self.names)}")
         bad = ~np.isfinite(x)
         if bad.any():
