@@ -126,7 +126,7 @@ class DeployNode(LifecycleNode):
     # --- lifecycle ------------------------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         from pirl_robot.bundle import BundleError
-        from pirl_robot.deploy.realtime import freeze_heap, prepare_process
+        from pirl_robot.deploy.realtime import prepare_process
 
         for warning in prepare_process(self.values["torch_threads"], self.values["lock_memory"]):
             self.get_logger().warning(warning)
@@ -135,7 +135,6 @@ class DeployNode(LifecycleNode):
         except (BundleError, ValueError, ArmError, CameraError) as e:
             self.get_logger().error(f"configure failed: {e}")
             return TransitionCallbackReturn.FAILURE
-        freeze_heap()
         if not d.safety.enforcing:
             self.get_logger().warning(f"safety filter: {d.safety.name}")
         spec = d.bundle.policy.spec

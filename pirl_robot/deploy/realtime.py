@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import gc
 import os
 import sys
 
@@ -29,13 +28,6 @@ def prepare_process(torch_threads: int, lock: bool) -> list[str]:
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     reason = lock_memory() if lock else None
     return [f"lock_memory: {reason}; control ticks may stall on page faults"] if reason else []
-
-
-def freeze_heap() -> None:
-    """Once configured: move everything allocated so far (torch, the model, the drivers: about a million objects)
-    into the collector's permanent generation, so that no full collection walks it in the middle of a tick."""
-    gc.collect()
-    gc.freeze()
 
 
 def lock_memory() -> str | None:
