@@ -35,6 +35,22 @@ def tiny_policy(spec: PolicySpec, seed: int = 0) -> Policy:
     return Policy(spec=spec, model=model.eval(), transforms=stats)
 
 
+PANDA_STATE_JOINTS = PANDA_JOINTS + ("panda_finger_joint1", "panda_finger_joint2")
+
+
+def panda_home_policy(home, gripper: float, action_std: float) -> Policy:
+    """A tiny policy on the Panda's 9 joint positions whose actions (7 joints + a normalised gripper) scatter
+    `action_std` around `home` (9 joint positions) and `gripper`, as configs/robot/panda.yaml expects them."""
+    spec = panda_spec(action_names=PANDA_JOINTS + ("gripper",), action_state_index=tuple(range(7)) + (-1,),
+                      state_names=tuple(f"qpos.{j}" for j in PANDA_STATE_JOINTS))
+    policy = tiny_policy(spec)
+    h = torch.tensor(home, dtype=torch.float32)
+    policy.transforms = PolicyTransforms(spec, Stats(h, torch.full((9,), 0.1)),
+                                         Stats(torch.cat([h[:7], torch.full((1,), gripper)]),
+                                               torch.full((8,), action_std)))
+    return policy
+
+
 def save_tiny_checkpoint(path: Path, spec: PolicySpec | None = None, seed: int = 0) -> Path:
     tiny_policy(spec or panda_spec(), seed).save(path)
     return path

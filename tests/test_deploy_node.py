@@ -205,18 +205,11 @@ HOME = [0.0, 0.4, 0.0, -1.9, 0.0, 2.3, 0.8, 0.04, 0.04]
 def test_safety_filter_on_the_command_path_and_estop(tmp_path, domain):
     """With configs/robot/panda.yaml the node's commands obey the per-tick limits even though the policy jumps,
     the e-stop service latches (start refused) until reset."""
-    import torch
+    from deploy_utils import PANDA_STATE_JOINTS as names
+    from deploy_utils import panda_home_policy
 
-    from deploy_utils import tiny_policy
-    from pirl_robot.transforms import PolicyTransforms, Stats
-
-    names = PANDA_JOINTS + ("panda_finger_joint1", "panda_finger_joint2")
-    spec = panda_spec(action_names=PANDA_JOINTS + ("gripper",), action_state_index=tuple(range(7)) + (-1,),
-                      state_names=tuple(f"qpos.{j}" for j in names))
-    policy = tiny_policy(spec)
-    home = torch.tensor(HOME, dtype=torch.float32)
-    policy.transforms = PolicyTransforms(spec, Stats(home, torch.full((9,), 0.1)),
-                                         Stats(torch.cat([home[:7], torch.ones(1)]), torch.full((8,), 0.3)))
+    policy = panda_home_policy(HOME, gripper=1.0, action_std=0.3)
+    spec = policy.spec
     policy.save(tmp_path / "ckpt")
     bundle = export_bundle(tmp_path / "ckpt", tmp_path / "bundle")
     cfg = {"joints": dict(zip(names, HOME)), "joint_states_topic": "/safe/joint_states", "rate_hz": 50.0}

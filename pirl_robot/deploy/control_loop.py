@@ -6,10 +6,11 @@
     loop.start_policy()         # execute; loop.stop_policy(wait_s=3.0) brakes to rest; loop.estop("why")
     loop.stop(); loop.close()   # stop ticking (on_deactivate); release the inference thread (on_cleanup)
 
-`settings` is the node's parameter dict (deploy/params.py), read at every tick, so dynamic parameters apply at
-once: control_hz, tick_source, max_wait_ms, max_state_age_ms, seed, rtc_*. `inputs.observe()` returns
-(observation, JointSample, camera frames) or raises an input error; `arm` sends commands and keeps the latest joint
-sample. `chunking: rtc` sends each chunk request with the plan left as a real-time-chunking prefix (broker.py).
+`settings` is the node's parameter dict (deploy/params.py: control_hz, tick_source, max_wait_ms, max_state_age_ms,
+seed, chunking, rtc_*), shared and read where used, so the dynamic ones (max_wait_ms, max_state_age_ms) apply at the
+next tick. `inputs.observe()` returns (observation, JointSample, camera frames) or raises an input error; `arm` sends
+commands and keeps the latest joint sample. `chunking: rtc` sends each chunk request with the plan left as a
+real-time-chunking prefix (broker.py).
 
 Threads. The node's ROS executor delivers messages into the drivers and calls the operator entry points; the tick
 thread owns the tick; the inference thread runs the policy. One observation's path is steps 1-5:

@@ -33,6 +33,23 @@ def ensure_ros_env() -> None:
     os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def init_ros(args: list[str] | None = None) -> None:
+    """rclpy.init without rclpy's signal handlers: SIGINT and SIGTERM raise KeyboardInterrupt in the main thread,
+    so the nodes stop their control loops (shutdown_nodes) while the context is still valid, and only then does
+    the context shut down. rclpy's own handler shuts the context down at the signal, under a control tick that
+    may be publishing ("control tick failed: RCLError ... publisher's context is invalid")."""
+    import rclpy
+    from rclpy.signals import SignalHandlerOptions
+
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
 def load_node_params(params_file: str, node_name: str) -> dict:
     """The ros__parameters of one node from a ROS 2 parameter file ('/**' wildcard sections merged first)."""
     data = yaml.safe_load(Path(params_file).read_text()) or {}
@@ -110,14 +127,14 @@ def spin_nodes(classes: list[tuple[str, type]], argv: list[str] | None = None) -
     import rclpy
     from rclpy.executors import ExternalShutdownException
 
-    rclpy.init(args=sys.argv if argv is None else ["node", *argv])
+    init_ros(sys.argv if argv is None else ["node", *argv])
     nodes = []
     try:
         nodes = [cls(name) for name, cls in classes]
         for n in nodes:
             bring_up(n)
         spin(nodes)
-    except (KeyboardInterrupt, ExternalShutdownException):  # Ctrl-C, or SIGTERM through rclpy's signal handler
+    except (KeyboardInterrupt, ExternalShutdownException):  # Ctrl-C or SIGTERM (init_ros), or a context shut down
         pass
     except (ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -146,7 +163,7 @@ def run_in_process(plans: list[NodePlan], start: bool, stop: threading.Event | N
     import rclpy
     from rclpy.executors import ExternalShutdownException
 
-    rclpy.init()
+    init_ros()
     nodes, console = [], None
     try:
         nodes = [make_node(p) for p in plans]
@@ -159,7 +176,7 @@ def run_in_process(plans: list[NodePlan], start: bool, stop: threading.Event | N
             nodes.append(key_node)
             console.start()
         spin(nodes, stop)
-    except (KeyboardInterrupt, ExternalShutdownException):  # Ctrl-C, or SIGTERM through rclpy's signal handler
+    except (KeyboardInterrupt, ExternalShutdownException):  # Ctrl-C or SIGTERM (init_ros), or a context shut down
         pass
     finally:
         if console is not None:

@@ -1,5 +1,5 @@
-"""The recorder on the deploy node: its parameters -> a Recorder on the control loop's taps, the operator's outcome service,
-and the simulated arm's episode status as the automatic outcome.
+"""The recorder on the deploy node: its parameters -> a Recorder on the control loop's taps, the operator's outcome
+service, and the simulated arm's episode status as the automatic outcome.
 
     ros2 service call /deploy_node/episode_outcome std_srvs/srv/SetBool "{data: true}"    # success (false: failure)
     pirl deploy ... (on a terminal): keys y / n                                            # the same from keys

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 class SafetyEvent:
     time: float                   # the safety layer's clock (seconds)
     cause: str                    # e.g. "velocity_limit", "bad_command", "camera_stale", "estop"
-    raw: np.ndarray | None        # the policy's command as received (None: none, or not a numeric vector)
+    raw: np.ndarray | None        # the policy's action as received (None: none, or not a numeric vector)
     applied: np.ndarray | None    # the command sent instead (None: nothing is sent)
     detail: str = ""
     mode: str = ""                # filter mode after the event

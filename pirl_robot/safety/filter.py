@@ -88,6 +88,8 @@ class SafetyFilter:
         self.soft_lo, self.soft_hi = lim["soft_lo"], lim["soft_hi"]
         self.vmax = np.minimum(lim["max_velocity"], lim["max_step"] / self.period)  # the step cap as a speed
         self.amax, self.jmax = lim["max_acceleration"], lim["max_jerk"]
+        self._no_velocity = np.zeros(self.n)
+        self._arm_tolerance = cfg.start.tolerance
         width = self.hard_hi - self.hard_lo
         width = np.where(np.isfinite(width), width, 0.0)  # entries without position limits: no bands
         band = cfg.reject_beyond * width
@@ -134,7 +136,7 @@ class SafetyFilter:
 
     @_locked
     def report(self, cause: str, detail: str = "") -> None:
-        """Record an event (e.g. a watchdog fault) with the next tick's raw and applied commands."""
+        """Record an event (e.g. a watchdog fault) with the next tick's policy action and applied command."""
         self._pending.append((cause, detail))
 
     @_locked
@@ -169,7 +171,7 @@ class SafetyFilter:
 
     # --- the control tick ---------------------------------------------------------------------------------------
     @_locked
-    def step(self, raw: Any, measured: Any, dt: float | None = None) -> TickResult:
+    def step(self, action: Any, measured: Any, dt: float | None = None) -> TickResult:
         """One control tick: the policy's command and the measured joint state (both in config entry order) ->
         the command to send. `dt` (time since the last tick) is only checked; limits use the nominal period."""
         meas, meas_problem = self._as_state(measured)
@@ -184,7 +186,7 @@ class SafetyFilter:
             if meas is None:
                 self._set_mode(Mode.HOLD, "joint_state_invalid", meas_problem)
             else:
-                target, problem = self._check_command(raw)
+                target, problem = self._check_command(action)
                 if problem:
                     self._set_mode(Mode.HOLD, *problem)
                 else:
@@ -193,7 +195,7 @@ class SafetyFilter:
             self._advance(limiter.braking_velocity(self._v, self.amax, self.period))
             if self.mode == Mode.STOPPING and self.at_rest:
                 self._set_mode(Mode.STOPPED, "stopped", "at rest")
-        return TickResult(self._command(), self.mode, self._flush(raw), resynced)
+        return TickResult(self._command(), self.mode, self._flush(action), resynced)
 
     # --- internals ----------------------------------------------------------------------------------------------
     def _as_state(self, x: Any) -> tuple[np.ndarray | None, str]:
@@ -209,12 +211,13 @@ class SafetyFilter:
             return None, f"joint state far outside the limits in {self._names(far)}"
         return v, ""
 
-    def _check_command(self, raw: Any) -> tuple[np.ndarray | None, tuple[str, str] | None]:
-        if raw is None:
+    def _check_command(self, action: Any) -> tuple[np.ndarray | None, tuple[str, str] | None]:
+        if action is None:
             return None, ("no_command", "no policy command this tick")
-        x = as_vector(raw)
-        if x is None or np.shape(raw) != (self.n,):
-            return None, ("bad_command", f"command of shape {np.shape(raw) if x is not None else type(raw).__name__}, "
+        x = as_vector(action)
+        if x is None or np.shape(action) != (self.n,):
+            what = np.shape(action) if x is not None else type(action).__name__
+            return None, ("bad_command", f"command of shape {what}, "
                                          f"expected ({self.n},) = {list(self.names)}")
         bad = ~np.isfinite(x)
         if bad.any():
@@ -249,12 +252,16 @@ class SafetyFilter:
 
     def _track(self, target: np.ndarray) -> None:
         q, starting = self._q, self.mode == Mode.STARTING
-        scale = self.cfg.start.velocity_scale if starting else 1.0
+        vmax, amax, jmax = self.vmax, self.amax, self.jmax
+        if starting:
+            s = self.cfg.start.velocity_scale
+            vmax, amax, jmax = s * vmax, s * amax, s * jmax
         lo, hi = np.minimum(self.soft_lo, q), np.maximum(self.soft_hi, q)  # a start in the margin band may stay there
-        target_velocity = np.zeros(self.n) if self._last_target is None else (target - self._last_target) / self.period
+        target_velocity = (self._no_velocity if self._last_target is None
+                           else (target - self._last_target) / self.period)
         self._last_target = target
-        intervals = limiter.velocity_intervals(q, self._v, self._a, lo, hi, scale * self.vmax, scale * self.amax,
-                                               scale * self.jmax, self.period, target, target_velocity)
+        intervals = limiter.velocity_intervals(q, self._v, self._a, lo, hi, vmax, amax, jmax, self.period, target,
+                                               target_velocity)
         v, binding = limiter.clip_by_priority((target - q) / self.period, intervals)
         if self.fk is not None:
             v = self._fit_workspace(v)
@@ -262,12 +269,11 @@ class SafetyFilter:
         if starting:
             # arm joints only: the gripper's ramp need not end for the arm to leave the start (the gripper stays
             # inside its own range, speed and step limits all along)
-            if (np.abs(self._q - target)[: self.n_arm] <= self.cfg.start.tolerance).all():
+            if (np.abs(self._q[: self.n_arm] - target[: self.n_arm]) <= self._arm_tolerance).all():
                 self._set_mode(Mode.RUNNING, "start_done", "caught up with the policy")
             return
-        for name, mask in binding.items():
-            if mask.any():
-                self._pending.append((name, self._names(mask)))
+        for name, mask in binding.items():  # only the limits that bound
+            self._pending.append((name, self._names(mask)))
 
     def _fit_workspace(self, v: np.ndarray) -> np.ndarray:
         """The command if it and its full braking stop keep the end effector in the box, else a scaled-back one,
@@ -308,10 +314,10 @@ class SafetyFilter:
     def _command(self) -> np.ndarray | None:
         return None if self._q is None or self.mode == Mode.IDLE else self._q.copy()
 
-    def _flush(self, raw: Any) -> list[SafetyEvent]:
+    def _flush(self, action: Any) -> list[SafetyEvent]:
         if not self._pending:
             return []
-        now, raw_vec, applied = self.clock(), as_vector(raw) if raw is not None else None, self._command()
+        now, raw_vec, applied = self.clock(), as_vector(action) if action is not None else None, self._command()
         out = [SafetyEvent(now, cause, raw_vec, applied, detail, str(self.mode)) for cause, detail in self._pending]
         self._pending.clear()
         for e in out:

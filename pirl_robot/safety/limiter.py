@@ -28,14 +28,16 @@ def stopping_travel(v: np.ndarray, accel: np.ndarray, period: float) -> np.ndarr
 def max_speed_before_limit(dist: np.ndarray, accel: np.ndarray, period: float) -> np.ndarray:
     """Largest speed v >= 0 with S(v) <= dist: moving this fast now still leaves room to stop before the limit."""
     d = np.maximum(dist, 0.0)
-    finite = np.isfinite(accel) & np.isfinite(d)  # accel broadcasts against dist
+    finite_d = np.isfinite(d)
+    finite = np.isfinite(accel) & finite_d  # accel broadcasts against dist
     a = np.where(finite, accel, 1.0)
     dd = np.where(finite, d, 0.0)
     aT2 = a * period * period
     n = np.floor((np.sqrt(1.0 + 8.0 * dd / aT2) - 1.0) / 2.0)  # S(n*A*T) = A*T^2*n(n+1)/2 <= d
-    v = (dd / period + aT2 / period * n * (n + 1) / 2.0) / (n + 1)
-    v = np.minimum(v, (n + 1) * a * period)  # rounding guard: stay on the segment solved for
-    return np.where(finite, v, np.where(np.isfinite(d), d / period, np.inf))
+    n1 = n + 1
+    v = (dd / period + aT2 / period * n * n1 / 2.0) / n1
+    v = np.minimum(v, n1 * a * period)  # rounding guard: stay on the segment solved for
+    return np.where(finite, v, np.where(finite_d, d / period, np.inf))
 
 
 def braking_velocity(v: np.ndarray, accel: np.ndarray, period: float) -> np.ndarray:
@@ -45,13 +47,14 @@ def braking_velocity(v: np.ndarray, accel: np.ndarray, period: float) -> np.ndar
 
 def braking_plan(q: np.ndarray, v: np.ndarray, accel: np.ndarray, period: float) -> np.ndarray:
     """(m+1, n) positions: q, then each tick of a full-rate stop from velocity v, until every entry is at rest."""
+    speed = np.abs(v)
     with np.errstate(invalid="ignore", divide="ignore"):
-        ticks = np.where(np.isfinite(accel) & (v != 0), np.ceil(np.abs(v) / (accel * period)), 0.0)
+        ticks = np.where(np.isfinite(accel) & (v != 0), np.ceil(speed / (accel * period)), 0.0)
     m = int(ticks.max(initial=0.0))
     if m == 0:
         return q[None].copy()
     k = np.arange(1, m + 1)[:, None]
-    speeds = np.sign(v) * np.maximum(np.abs(v) - k * accel * period, 0.0)  # velocity of braking tick k
+    speeds = np.sign(v) * np.maximum(speed - k * accel * period, 0.0)  # velocity of braking tick k
     return np.concatenate([q[None], q + period * np.cumsum(speeds, axis=0)])
 
 
@@ -68,7 +71,7 @@ def velocity_intervals(q: np.ndarray, v: np.ndarray, a: np.ndarray, lo: np.ndarr
     - jerk.
     """
     e = target - q
-    up, down, closing_up, closing_down = max_speed_before_limit(np.stack([hi - q, q - lo, e, -e]), amax, period)
+    up, down, closing_up, closing_down = max_speed_before_limit(np.array([hi - q, q - lo, e, -e]), amax, period)
     approach_hi = np.where(e > 0, np.maximum(target_velocity, 0) + closing_up, np.inf)
     approach_lo = np.where(e < 0, np.minimum(target_velocity, 0) - closing_down, -np.inf)
     aT, jT = amax * period, jmax * period
@@ -84,7 +87,7 @@ def clip_by_priority(v_des: np.ndarray, intervals: list[tuple[str, np.ndarray, n
     """Clip `v_des` into the intersection of the intervals, in priority order. Per entry, an interval that does not
     meet the allowed range so far yields: the range shrinks to its point nearest to that interval (so a lower
     limit is still met as far as the higher ones allow, and rounding never discards a limit). Returns the velocity
-    and, per limit name, a mask of the entries that limit actually bounded."""
+    and, per limit name that bounded any entry, the mask of the entries it bounded."""
     lo = np.full_like(v_des, -np.inf)
     hi = np.full_like(v_des, np.inf)
     for _, ilo, ihi in intervals:
@@ -92,10 +95,12 @@ def clip_by_priority(v_des: np.ndarray, intervals: list[tuple[str, np.ndarray, n
         lo, hi = np.minimum(np.maximum(ilo, lo), hi), np.maximum(np.minimum(ihi, hi), lo)
     v = np.minimum(np.maximum(v_des, lo), hi)
     tol = 1e-12 * (1.0 + np.abs(v))
-    his = np.stack([i[2] for i in intervals])
-    los = np.stack([i[1] for i in intervals])
+    his = np.array([i[2] for i in intervals])
+    los = np.array([i[1] for i in intervals])
     hit = (((v_des > v + tol) & (np.abs(v - his) <= tol)) | ((v_des < v - tol) & (np.abs(v - los) <= tol)))
     binding: dict[str, np.ndarray] = {}
+    if not hit.any():  # the common tick: nothing bound
+        return v, binding
     for (name, _, _), mask in zip(intervals, hit):
         binding[name] = binding[name] | mask if name in binding else mask
-    return v, binding
+    return v, {name: mask for name, mask in binding.items() if mask.any()}
