@@ -21,7 +21,7 @@ from typing import Any, Self, Sequence
 import numpy as np
 
 from pirl_robot.process import die_with_parent
-from sim.vector_types import ChunkResult, EpisodeStats, Obs, WorkerError, stack_obs
+from sim.vector_types import ChunkResult, EpisodeStats, Obs, WorkerError, per_env, stack_obs
 
 
 class ChunkRunner:
@@ -264,12 +264,7 @@ class ChunkVectorPool:
 
     # --- plumbing ---------------------------------------------------------------------------------------------
     def _per_env(self, values: Sequence[Any] | None, what: str) -> list[Any]:
-        if values is None:
-            return [None] * self.num_envs
-        values = list(values)
-        if len(values) != self.num_envs:
-            raise ValueError(f"{what} needs one entry per env ({self.num_envs}), got {len(values)}")
-        return values
+        return per_env(values, self.num_envs, what)
 
     def _call_each(self, method: str, args: list[tuple]) -> list[Any]:
         """Call method(*args[i]) on env i, for every env; results in env order."""

@@ -70,3 +70,13 @@ def stack_obs(obs_list: Sequence[Obs]) -> Obs:
     cams = obs_list[0]["images"].keys()
     return {"state": np.stack([o["state"] for o in obs_list]),
             "images": {c: np.stack([o["images"][c] for o in obs_list]) for c in cams}}
+
+
+def per_env(values: Sequence[Any] | None, num_envs: int, what: str) -> list[Any]:
+    """One entry per env (None: None for every env); a list of another length is refused with the counts."""
+    if values is None:
+        return [None] * num_envs
+    values = list(values)
+    if len(values) != num_envs:
+        raise ValueError(f"{what} needs one entry per env ({num_envs}), got {len(values)}")
+    return values

@@ -33,7 +33,7 @@ import torch
 
 from sim.maniskill.config import TaskConfig
 from sim.maniskill.env import CAMERAS, CONTROL_HZ, check_layout, gym_kwargs, state_fields, task_spec
-from sim.vector_types import ChunkResult, EpisodeStats, Obs
+from sim.vector_types import ChunkResult, EpisodeStats, Obs, per_env
 
 BATCHED_BACKENDS = ("physx_cpu", "physx_cuda")
 
@@ -204,12 +204,7 @@ class BatchedManiSkillEnv:
         return torch.as_tensor(x).to(self.device, non_blocking=True)
 
     def _per_env(self, values: Sequence[Any] | None, what: str) -> list[Any]:
-        if values is None:
-            return [None] * self.num_envs
-        values = list(values)
-        if len(values) != self.num_envs:
-            raise ValueError(f"{what} needs one entry per env ({self.num_envs}), got {len(values)}")
-        return values
+        return per_env(values, self.num_envs, what)
 
 
 def _make(cfg: TaskConfig, num_envs: int, device: torch.device | None):
