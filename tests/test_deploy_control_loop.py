@@ -25,7 +25,8 @@ from pirl_robot.drivers.arms.base import JointSample  # noqa: E402
 NAMES = PANDA_STATE_JOINTS
 HOME = np.array([0.0, 0.4, 0.0, -1.9, 0.0, 2.3, 0.8, 0.04, 0.04])
 COMMAND = CommandMap(PANDA_JOINTS + ("panda_finger_joint1",), np.r_[np.ones(7), 0.025], np.r_[np.zeros(7), 0.015])
-SETTINGS = {"control_hz": 20.0, "tick_source": "timer", "max_wait_ms": 500.0, "max_state_age_ms": 200.0, "seed": 0}
+SETTINGS = {"control_hz": 20.0, "tick_source": "timer", "max_wait_ms": 500.0, "max_state_age_ms": 200.0, "seed": 0,
+            "chunking": "blend", "rtc_inference_delay": 0, "rtc_execution_horizon": 0}
 
 
 class ReachingArm:

@@ -60,7 +60,7 @@ class FaultyPolicy:
     from where the arm was at the first call after `restart`, the other joints stay, the gripper stays open."""
 
     def __init__(self, policy):
-        self.policy, self.spec = policy, policy.spec
+        self.policy, self.spec, self.noise_shape = policy, policy.spec, policy.noise_shape
         self.mode, self.fault_time = "ok", None
         self.release = threading.Event()
         self.direction, self._anchor = 1.0, None
