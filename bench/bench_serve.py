@@ -141,7 +141,7 @@ def main(argv=None) -> int:
         server_forward: dict[int, float] = {}
 
         class Timed:  # RemotePolicy as the worker sees it, remembering the server's forward per call
-            spec = remote.spec
+            spec, noise_shape = remote.spec, remote.noise_shape
 
             def infer(self, obs, noise=None):
                 out = remote.infer(obs, noise=noise)
