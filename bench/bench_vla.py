@@ -288,6 +288,7 @@ def main() -> None:
             bench_chunks(model, spec, args, device, table, kind, f"eager {amp}")
             model.policy.model.paligemma_with_expert.paligemma.to(torch.bfloat16)  # frozen: no fp32 master needed
             model.cfg.fast_path, model.cfg.autocast_bf16 = "on", True
+            model._graphs = None  # a cast replaces the weights' storage: graphs captured before it are void
             bench_ppo(model, spec, args, device, table, kind, "fast, bf16 backbone")
             if real_gpu:  # lerobot's own bf16 cast (vision and norms stay fp32), its stock inference setup
                 model.policy.model.paligemma_with_expert.to_bfloat16_for_selected_params("bfloat16")
@@ -297,6 +298,7 @@ def main() -> None:
                 bench_chunks(model, spec, args, device, table, kind, "eager bf16")
                 model.policy.model.paligemma_with_expert.to(torch.bfloat16)
                 model.cfg.autocast_bf16 = True
+                model._graphs = None
             model.cfg.fast_path = "on"
             bench_chunks(model, spec, args, device, table, kind, "fast bf16" + (" + CUDA graphs" if device.type ==
                                                                                 "cuda" else ""))

@@ -82,15 +82,8 @@ def _rope():
     return apply_rotary_pos_emb
 
 
-ATTENTION = "gqa"  # "gqa": SDPA's enable_gqa; "expand": keys/values broadcast (no copy) to every query head
-
-
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
     """q (B, H, S, D), k/v (B, KV, T, D) shared by H/KV query heads, additive mask (B, 1, S|1, T) -> (B, H, S, D)."""
-    if ATTENTION == "expand" and k.shape[1] == 1:
-        shape = (k.shape[0], q.shape[1], k.shape[2], k.shape[3])
-        return F.scaled_dot_product_attention(q, k.expand(shape), v.expand(shape), attn_mask=mask.to(q.dtype),
-                                              scale=scale)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype), scale=scale,
                                           enable_gqa=k.shape[1] != q.shape[1])
 
