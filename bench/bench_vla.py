@@ -3,6 +3,7 @@
     python bench/bench_vla.py --tiny                          # CPU smoke run (tiny widths, 32 px): a few seconds
     python bench/bench_vla.py --device cuda                   # real size (PaliGemma 3B + 300M expert), < 8 min
     python bench/bench_vla.py --device cuda --kind pi0 --batch 1 8 --steps 4 --no-lerobot
+    python bench/bench_vla.py --device cuda --kind pi0 --fast-only --attention auto math --compile 1 64
 
 Paths, on one model object and one set of weights (random; real widths):
   eager fp32+amp  lerobot's embed_prefix / denoise_step with fp32 weights under bf16 autocast (today's RL setup)
@@ -32,6 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from pirl_robot.flow import ChainConfig, chain_log_prob, sample_chain
 from pirl_robot.models.factory import build_model
+from pirl_robot.models.pi0_fast import ATTENTION_BACKENDS
 from pirl_robot.models.tokenizer import PALIGEMMA_TOKENIZER, TokenizerMissingError, load_tokenizer, \
     train_word_tokenizer
 from pirl_robot.spec import CameraSpec, PolicySpec
@@ -48,7 +50,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batch", type=int, nargs="+", default=None, help="observations per chunk (default 1 8 64)")
     p.add_argument("--steps", type=int, nargs="+", default=[4, 10], help="denoising steps K")
-    p.add_argument("--ppo-batch", type=int, default=None, help="PPO minibatch (default 16; tiny 8)")
+    p.add_argument("--ppo-batch", type=int, nargs="+", default=None, help="PPO minibatches (default 16; tiny 8)")
     p.add_argument("--chunk", type=int, default=None, help="chunk size H (default 50; tiny 8)")
     p.add_argument("--cameras", type=int, default=2)
     p.add_argument("--image-size", type=int, default=None, help="camera pixels (default 224; tiny 32)")
@@ -56,11 +58,21 @@ def parse() -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--no-lerobot", action="store_true", help="skip predict_action_chunk")
+    p.add_argument("--fast-only", action="store_true", help="time the fast path only (no eager rows)")
+    p.add_argument("--compile-ppo", action="store_true",
+                   help="also time the fast PPO update with the prefix rebuild under torch.compile")
+    p.add_argument("--attention", nargs="+", default=["auto"], choices=sorted(ATTENTION_BACKENDS),
+                   help="SDPA kernels to time the fast path with (PiVLAConfig.attention)")
+    p.add_argument("--compile", type=int, nargs="*", default=None, metavar="BATCH",
+                   help="also time the fast path under torch.compile (PiVLAConfig.compile) at these batches "
+                        "(default: 1); compiling costs about a minute per batch size on first use")
     p.add_argument("--tokenizer", default=PALIGEMMA_TOKENIZER)
     p.add_argument("--out", default="bench/results")
     a = p.parse_args()
     a.batch = a.batch or ([1, 4] if a.tiny else [1, 8, 64])
-    a.ppo_batch = a.ppo_batch or (8 if a.tiny else 16)
+    a.ppo_batch = a.ppo_batch or [8 if a.tiny else 16]
+    if a.compile is not None and not a.compile:
+        a.compile = [1]
     a.chunk = a.chunk or (8 if a.tiny else 50)
     a.image_size = a.image_size or (32 if a.tiny else 224)
     return a
@@ -89,6 +101,17 @@ def flops(fn) -> float:
     with FlopCounterMode(display=False) as counter:
         fn()
     return float(counter.get_total_flops())
+
+
+def fast_flops(model, fn) -> float:
+    """FLOPs of fn on the fast path, counted once without graphs and with the math attention kernel (the counter
+    cannot size cuDNN's grouped-query attention; the arithmetic is the same)."""
+    saved = model.cfg.attention, model.cfg.cuda_graphs
+    model.cfg.attention, model.cfg.cuda_graphs = "math", False
+    try:
+        return flops(fn)
+    finally:
+        model.cfg.attention, model.cfg.cuda_graphs = saved
 
 
 def peak_tflops(device: torch.device) -> float | None:
@@ -158,10 +181,11 @@ class Table:
                 f"{rate} | {tf} | {mfu} | {mem} |")
 
 
-def bench_chunks(model, spec, args, device, table: Table, kind: str, path: str) -> None:
+def bench_chunks(model, spec, args, device, table: Table, kind: str, path: str,
+                 batches: list[int] | None = None) -> None:
     """Chunk latency per batch and K, and the prefix alone (encode) per batch."""
     model.eval()
-    for b in args.batch:
+    for b in batches or args.batch:
         batch = make_batch(model, spec, b, device)
         t0 = time.perf_counter()
         with torch.no_grad():
@@ -174,12 +198,11 @@ def bench_chunks(model, spec, args, device, table: Table, kind: str, path: str) 
             with torch.no_grad():
                 return model.encode(batch)
 
-        prefix_flop = flops(encode) if "fast" not in path else None
+        key = (kind, "prefix", b)
+        if key not in table_flop_cache:
+            table_flop_cache[key] = flops(encode) if "fast" not in path else fast_flops(model, encode)
         ms = timed(encode, device, args.repeats, args.warmup)
-        table.add(kind, path, "prefix", b, None, ms, prefix_flop or table_flop_cache.get((kind, "prefix", b)),
-                  first_call_ms=first_ms)
-        if prefix_flop:
-            table_flop_cache[(kind, "prefix", b)] = prefix_flop
+        table.add(kind, path, "prefix", b, None, ms, table_flop_cache[key], first_call_ms=first_ms)
         for k in args.steps:
             ode = ChainConfig(num_steps=k, mode="ode")
 
@@ -187,11 +210,11 @@ def bench_chunks(model, spec, args, device, table: Table, kind: str, path: str) 
                 with torch.no_grad():
                     return sample_chain(model, model.encode(batch), ode)
 
-            chunk_flop = flops(chunk) if "fast" not in path else None
-            if chunk_flop:
-                table_flop_cache[(kind, "chunk", b, k)] = chunk_flop
+            key = (kind, "chunk", b, k)
+            if key not in table_flop_cache:
+                table_flop_cache[key] = flops(chunk) if "fast" not in path else fast_flops(model, chunk)
             ms = timed(chunk, device, args.repeats, args.warmup)
-            table.add(kind, path, "chunk", b, k, ms, chunk_flop or table_flop_cache.get((kind, "chunk", b, k)))
+            table.add(kind, path, "chunk", b, k, ms, table_flop_cache[key])
         if getattr(model, "_graphs", None):
             table.rows[-1]["graph_capture_s"] = model._graphs.capture_seconds() - graphs_before
         if device.type == "cuda":
@@ -216,15 +239,20 @@ def bench_lerobot(model, spec, args, device, table: Table, kind: str, autocast: 
 
 
 def bench_ppo(model, spec, args, device, table: Table, kind: str, path: str) -> None:
+    for b in args.ppo_batch:
+        bench_ppo_batch(model, spec, args, device, table, kind, path, b)
+
+
+def bench_ppo_batch(model, spec, args, device, table: Table, kind: str, path: str, mb: int) -> None:
     """One PPO minibatch update on stored chains (the cost the trainer pays per minibatch)."""
     cfg = ChainConfig(num_steps=args.steps[0], mode=args.mode)
-    batch = make_batch(model, spec, args.ppo_batch, device)
+    batch = make_batch(model, spec, mb, device)
     model.eval()
     with torch.no_grad():
         ctx = model.encode(batch)
         chain = sample_chain(model, ctx, cfg)
         old_values = model.value(ctx, chain.feats_mean)
-    adv = torch.randn(args.ppo_batch, device=device)
+    adv = torch.randn(mb, device=device)
     returns = old_values + torch.randn_like(old_values)
     opt = torch.optim.AdamW([{"params": model.policy_parameters(), "lr": 5e-6},
                              {"params": model.value_parameters(), "lr": 1e-4}], betas=(0.9, 0.95),
@@ -246,14 +274,15 @@ def bench_ppo(model, spec, args, device, table: Table, kind: str, path: str) -> 
         opt.step()
 
     update()
-    if device.type == "cuda":
+    key = (kind, "ppo", mb)
+    if key not in table_flop_cache:
+        table_flop_cache[key] = flops(update) if "fast" not in path else fast_flops(model, update)
+    f = table_flop_cache[key]
+    if device.type == "cuda":  # after the counting pass, whose math attention holds every score matrix
         torch.cuda.reset_peak_memory_stats(device)
-    # FlopCounterMode cannot size the fast path's grouped-query SDPA on CUDA; both paths do the same arithmetic.
-    f = flops(update) if "fast" not in path else table_flop_cache.get((kind, "ppo"))
-    table_flop_cache[(kind, "ppo")] = f
     ms = timed(update, device, args.repeats, args.warmup)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    table.add(kind, path, f"PPO update ({args.mode})", args.ppo_batch, cfg.num_steps, ms, f, peak_gib=peak)
+    table.add(kind, path, f"PPO update ({args.mode})", mb, cfg.num_steps, ms, f, peak_gib=peak)
     del opt
     model.zero_grad(set_to_none=True)
     if device.type == "cuda":
@@ -284,13 +313,18 @@ def main() -> None:
             n = sum(p.numel() for p in model.parameters())
             print(f"{kind}: built {n / 1e6:.1f}M params in {time.perf_counter() - t0:.1f} s", flush=True)
             amp = "fp32+amp" if real_gpu else "fp32"
-            bench_ppo(model, spec, args, device, table, kind, f"eager {amp}")
-            bench_chunks(model, spec, args, device, table, kind, f"eager {amp}")
+            if not args.fast_only:
+                bench_ppo(model, spec, args, device, table, kind, f"eager {amp}")
+                bench_chunks(model, spec, args, device, table, kind, f"eager {amp}")
             model.policy.model.paligemma_with_expert.paligemma.to(torch.bfloat16)  # frozen: no fp32 master needed
             model.cfg.fast_path, model.cfg.autocast_bf16 = "on", True
             model._graphs = None  # a cast replaces the weights' storage: graphs captured before it are void
             bench_ppo(model, spec, args, device, table, kind, "fast, bf16 backbone")
-            if real_gpu:  # lerobot's own bf16 cast (vision and norms stay fp32), its stock inference setup
+            if args.compile_ppo:  # the frozen prefix, rebuilt without gradients, goes through the compiled graph
+                model.cfg.compile, model._graphs = True, None
+                bench_ppo(model, spec, args, device, table, kind, "fast, bf16 backbone + compiled prefix")
+                model.cfg.compile, model._graphs = False, None
+            if real_gpu and not args.fast_only:  # lerobot's own bf16 cast (vision, norms fp32), its stock setup
                 model.policy.model.paligemma_with_expert.to_bfloat16_for_selected_params("bfloat16")
                 model.cfg.fast_path, model.cfg.autocast_bf16 = "off", False
                 if not args.no_lerobot:
@@ -299,9 +333,23 @@ def main() -> None:
                 model.policy.model.paligemma_with_expert.to(torch.bfloat16)
                 model.cfg.autocast_bf16 = True
                 model._graphs = None
+            if args.fast_only:
+                model.policy.model.paligemma_with_expert.to(torch.bfloat16)
+                model._graphs = None
             model.cfg.fast_path = "on"
-            bench_chunks(model, spec, args, device, table, kind, "fast bf16" + (" + CUDA graphs" if device.type ==
-                                                                                "cuda" else ""))
+            fast = "fast bf16" + (" + CUDA graphs" if device.type == "cuda" else "")
+            for attention in args.attention:
+                model.cfg.attention, model._graphs = attention, None  # graphs hold the kernels chosen at capture
+                bench_chunks(model, spec, args, device, table, kind, f"{fast} [{attention}]")
+            if args.compile:  # with the kernel that gave the fastest smallest-batch chunk above
+                rows = [r for r in table.rows if r["model"] == kind and r["path"].startswith(f"{fast} [")
+                        and r["measure"] == "chunk" and r["batch"] == min(args.batch) and r["K"] == args.steps[0]]
+                best = min(rows, key=lambda r: r["ms"])["path"] if rows else f"[{args.attention[0]}]"
+                model.cfg.attention = best[best.rindex("[") + 1:-1]
+                model.cfg.compile, model._graphs = True, None
+                bench_chunks(model, spec, args, device, table, kind, f"{fast} + compile [{model.cfg.attention}]",
+                             batches=args.compile)
+                model.cfg.compile, model._graphs = False, None
             del model
             if device.type == "cuda":
                 torch.cuda.empty_cache()

@@ -118,6 +118,8 @@ def test_bf16_backbone_needs_frozen_backbone(tokenizer_dir):
         model("pi0", tokenizer_dir, fast_path="maybe")
     with pytest.raises(ValueError, match="autocast_bf16"):
         model("pi0", tokenizer_dir, backbone_dtype="bfloat16")
+    with pytest.raises(ValueError, match="attention must be one of"):
+        model("pi0", tokenizer_dir, attention="efficient")  # takes no mask with grouped-query heads: not offered
     m = model("pi0", tokenizer_dir, backbone_dtype="bfloat16", autocast_bf16=True, fast_path="on")
     ctx = m.encode(make_batch(2))
     assert sample_chain(m, ctx, ChainConfig(num_steps=2, mode="ode")).actions.isfinite().all()
@@ -154,6 +156,22 @@ def test_cuda_graphs_equal_eager_and_refuse_stale_contexts(kind, tokenizer_dir):
         graphed = sample_chain(m, m.encode(big), cfg, noise=noise[1]).actions
         m.cfg.cuda_graphs = False
         assert (graphed - sample_chain(m, m.encode(big), cfg, noise=noise[1]).actions).abs().max() <= 1e-4
+
+
+@pytest.mark.skipif(not CUDA, reason="SDPA kernel choice applies on CUDA (run on the device machine)")
+@pytest.mark.parametrize("attention", ["cudnn", "math"])
+def test_attention_kernels_agree(attention, tokenizer_dir):
+    """Every selectable SDPA kernel gives the auto choice's actions (under bf16 autocast: cuDNN takes no fp32)."""
+    with torch.device("cuda"):
+        m = model("pi0", tokenizer_dir, fast_path="on", cuda_graphs=False, autocast_bf16=True).eval()
+    noise = torch.randn(3, 4, m.action_dim, device="cuda")
+    cfg = ChainConfig(num_steps=4, mode="ode")
+    with torch.no_grad():
+        ref = sample_chain(m, m.encode(make_batch(3, device="cuda")), cfg, noise=noise).actions
+        m.cfg.attention = attention
+        m.cfg.cuda_graphs = True
+        out = sample_chain(m, m.encode(make_batch(3, device="cuda")), cfg, noise=noise).actions
+    assert (out - ref).abs().max() <= 2e-2
 
 
 @pytest.mark.skipif(not CUDA, reason="bf16 inference weights are switched on for CUDA only (run on the device machine)")

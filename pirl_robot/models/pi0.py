@@ -87,6 +87,9 @@ class PiVLAConfig:
     # Precision of the frozen backbone (train_expert_only): it has no optimiser, so it needs no fp32 master copy;
     # "bfloat16" halves its memory and its read traffic in every prefix encode.
     backbone_dtype: str = "float32"
+    # The fast path's SDPA kernel on CUDA: "auto" lets torch pick (cuDNN on Hopper), or force cudnn | math (flash
+    # and memory-efficient take no mask with grouped-query heads). bench/bench_vla.py --attention times them.
+    attention: str = "auto"
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -99,6 +102,9 @@ class PiVLAConfig:
             raise ValueError("backbone_dtype=bfloat16 needs train_expert_only (a trained backbone keeps fp32 masters)")
         if self.backbone_dtype == "bfloat16" and not self.autocast_bf16:
             raise ValueError("backbone_dtype=bfloat16 runs under autocast_bf16 (the fp32 expert meets bf16 features)")
+        if self.attention not in pi0_fast.ATTENTION_BACKENDS:
+            raise ValueError(f"PiVLAConfig.attention must be one of {sorted(pi0_fast.ATTENTION_BACKENDS)}, "
+                             f"got {self.attention!r}")
         for name in ("max_state_dim", "max_action_dim", "image_resolution", "noise_hidden", "value_hidden"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"PiVLAConfig.{name} must be positive, got {getattr(self, name)}")
@@ -254,6 +260,14 @@ class PiVLA(FlowPolicyModel):
         # No autocast weight cache: casts captured in a CUDA graph must not outlive the capture.
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.cfg.autocast_bf16, cache_enabled=False)
 
+    def _fast_context(self, device: torch.device) -> contextlib.ExitStack:
+        """What the fast path runs under: the autocast setting and, on CUDA, the configured SDPA kernel."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(self._autocast(device))
+        if device.type == "cuda":
+            stack.enter_context(pi0_fast.attention_backend(self.cfg.attention))
+        return stack
+
     def fast_path_active(self, device: torch.device) -> bool:
         return self.cfg.fast_path == "on" or (self.cfg.fast_path == "auto" and device.type == "cuda")
 
@@ -282,11 +296,11 @@ class PiVLA(FlowPolicyModel):
         if device.type == "cuda" and self.cfg.cuda_graphs and not grad:
             if self._graphs is None:
                 from pirl_robot.models.cuda_graphs import PrefixGraphs
-                self._graphs = PrefixGraphs(self.policy.model, self.cfg.kind, lambda: self._autocast(device),
+                self._graphs = PrefixGraphs(self.policy.model, self.cfg.kind, lambda: self._fast_context(device),
                                             compile=self.cfg.compile)
             ctx = self._graphs.encode(images, img_masks, tokens, mask, state)
             return ctx.detached_copy() if torch.is_grad_enabled() else ctx  # an update's context must not move
-        with torch.set_grad_enabled(grad), self._autocast(device):
+        with torch.set_grad_enabled(grad), self._fast_context(device):
             return pi0_fast.encode_prefix(self.policy.model, self.cfg.kind, images, img_masks, tokens, mask, state)
 
     def _encode_lerobot(self, images, img_masks, tokens, mask, state) -> VLAContext:
@@ -315,7 +329,7 @@ class PiVLA(FlowPolicyModel):
             ctx.check_fresh()
             if ctx.graph is not None and not torch.is_grad_enabled():
                 return self._graphs.step(ctx, x, t)
-            with self._autocast(x.device):
+            with self._fast_context(x.device):
                 v, feats = pi0_fast.denoise_step(self.policy.model, self.cfg.kind, ctx, x, t)
             return v.float(), feats
         self._captured = None

@@ -10,8 +10,9 @@ What differs from lerobot's path (`models/pi0.py` calls lerobot's own `embed_pre
     prefix cache at every step (with gradients on, the tail is concatenated instead, so autograd sees no writes);
   * attention masks and rope positions are built once per chunk from the pad masks, with no host-side lists (lerobot
     builds `torch.tensor(att_masks)` on every call, a host-to-device copy that CUDA graph capture refuses);
-  * attention through `F.scaled_dot_product_attention` (flash / memory-efficient kernels on a GPU) instead of the
-    eager matmul-softmax-matmul.
+  * attention through `F.scaled_dot_product_attention` (cuDNN on Hopper; `PiVLAConfig.attention` picks another)
+    instead of the eager matmul-softmax-matmul, with the masks cast to the compute dtype once, not per layer;
+  * the cameras go through SigLIP as one batch (one set of kernels instead of one per camera).
 Every layer, norm, projection, rope and embedding is lerobot's / transformers' own module, called in lerobot's order;
 only the orchestration is ours. tests/test_pi0_fast.py holds it to lerobot's path (fp32 and bf16 tolerances there).
 
@@ -23,12 +24,16 @@ so; nothing is compiled, so nothing needs caching on disk); a context whose grap
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 
+# PiVLAConfig.attention -> the SDPA kernel allowed (None: torch's own choice, cuDNN on Hopper). Neither flash nor
+# the memory-efficient kernel takes a mask with grouped-query heads (bench/bench_attention.py), so these remain.
+ATTENTION_BACKENDS = {"auto": None, "cudnn": "CUDNN_ATTENTION", "math": "MATH"}
 NEG = -2.3819763e38  # lerobot's OPENPI_ATTENTION_MASK_VALUE: masked logits stay finite (no NaN on all-pad rows)
 
 
@@ -82,6 +87,17 @@ def _rope():
     return apply_rotary_pos_emb
 
 
+def attention_backend(name: str) -> contextlib.AbstractContextManager:
+    """A context in which the masked (Gemma) attention uses the named kernel (`ATTENTION_BACKENDS`); SigLIP's
+    unmasked attention keeps flash, which comes first where it applies. "auto" changes nothing."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backend = ATTENTION_BACKENDS[name]
+    if backend is None:
+        return contextlib.nullcontext()
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, getattr(SDPBackend, backend)], set_priority=True)
+
+
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
     """q (B, H, S, D), k/v (B, KV, T, D) shared by H/KV query heads, additive mask (B, 1, S|1, T) -> (B, H, S, D)."""
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype), scale=scale,
@@ -110,6 +126,21 @@ def _layer(layer, h: torch.Tensor, cond: torch.Tensor | None, cos: torch.Tensor,
     return _gated_residual(h, layer.mlp(x), gate)
 
 
+def _embed_images(joint, images: list[torch.Tensor]) -> list[torch.Tensor]:
+    """SigLIP embeddings of every camera; cameras of one size go through the tower as one batch (one set of
+    kernels instead of one per camera: at batch 1 the tower's cost is mostly kernel count). Per-image results are
+    those of lerobot's per-camera loop: SigLIP treats every image of a batch on its own."""
+    if len({tuple(i.shape) for i in images}) != 1:
+        return [joint.embed_image(i) for i in images]
+    return list(joint.embed_image(torch.cat(images, 0)).chunk(len(images), 0))
+
+
+def _attention_dtype(h: torch.Tensor) -> torch.dtype:
+    """The dtype q will have in the attention: autocast's when it is on, else the hidden states'."""
+    dev = h.device.type
+    return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else h.dtype
+
+
 def _as_weights_dtype(h: torch.Tensor, layers) -> torch.Tensor:
     """PiGemmaModel's rule: hidden states go bf16 when the layers' weights are bf16."""
     return h.to(torch.bfloat16) if layers[0].self_attn.q_proj.weight.dtype == torch.bfloat16 else h
@@ -127,8 +158,7 @@ def encode_prefix(inner, kind: str, images: list[torch.Tensor], img_masks: list[
     joint = inner.paligemma_with_expert
     lm = joint.paligemma.model.language_model
     embs, pads = [], []
-    for img, m in zip(images, img_masks, strict=True):
-        e = joint.embed_image(img)
+    for e, m in zip(_embed_images(joint, images), img_masks, strict=True):
         embs.append(e)
         pads.append(m[:, None].expand(e.shape[0], e.shape[1]))
     embs.append(joint.embed_language_tokens(tokens))
@@ -139,7 +169,7 @@ def encode_prefix(inner, kind: str, images: list[torch.Tensor], img_masks: list[
     s = suffix_len(inner, kind)
     # Prefix tokens attend to every valid prefix token (all of lerobot's prefix att_masks are 0); masking by key
     # alone changes only the outputs at pad positions, which no valid token and no suffix query ever reads.
-    key_mask = torch.where(pad, 0.0, NEG)[:, None, None, :]
+    key_mask = torch.where(pad, 0.0, NEG)[:, None, None, :].to(_attention_dtype(h))  # cast once, not per layer
     cos, sin = lm.rotary_emb(h, pad.long().cumsum(1) - 1)
     keys, values = [], []
     for layer in lm.layers:
@@ -201,6 +231,7 @@ def denoise_step(inner, kind: str, ctx: FastContext, x: torch.Tensor,
     h = _as_weights_dtype(embs, expert.layers)
     cos, sin = expert.rotary_emb(h, ctx.suffix_positions)
     n = ctx.prefix_len
+    mask = ctx.suffix_mask.to(_attention_dtype(h))  # once per step, not once per layer
     in_place = not torch.is_grad_enabled()
     for i, layer in enumerate(expert.layers):
         kbuf, vbuf = ctx.keys[i], ctx.values[i]
@@ -212,7 +243,7 @@ def denoise_step(inner, kind: str, ctx: FastContext, x: torch.Tensor,
                 return kbuf, vbuf
             return torch.cat([kbuf[:, :, :n], k.to(kbuf.dtype)], 2), torch.cat([vbuf[:, :, :n], v.to(vbuf.dtype)], 2)
 
-        h = _layer(layer, h, cond, cos, sin, kv, ctx.suffix_mask)
+        h = _layer(layer, h, cond, cos, sin, kv, mask)
     out, _ = expert.norm(h, cond)
     feats = out[:, -inner.config.chunk_size:].to(torch.float32)
     return inner.action_out_proj(feats), feats
