@@ -1,6 +1,7 @@
 """Bundles carry the camera calibration their policy was trained with; the deploy node's check compares it with
 the live camera (device intrinsics, this robot's calibration file) against stated tolerances."""
 
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -76,3 +77,50 @@ def test_live_camera_compared_with_stated_tolerances(rgb_bundle, tmp_path):
     assert check_cameras(trained, {}, {}, "off") == []
     with pytest.raises(ValueError, match="camera=path"):
         parse_calibration_entries(["base_camera"])
+
+
+def test_ros_topic_camera_reads_camera_info_over_dds(rgb_bundle):
+    """A ROS image-topic camera reports its driver's CameraInfo (the topic beside the image's) as live
+    intrinsics, and the check compares them; without CameraInfo it says so instead of passing the camera."""
+    import threading
+
+    from rclpy.node import Node
+    from sensor_msgs.msg import CameraInfo
+
+    from deploy_utils import free_domain_id, ros_context
+    from pirl_robot.drivers.cameras.factory import make_camera
+
+    bundle, _ = rgb_bundle
+    trained = open_bundle(bundle).camera_calibrations()
+    ctx = ros_context(free_domain_id())
+    reader, driver = Node("cam_reader", context=ctx), Node("cam_driver", context=ctx)
+    pub = driver.create_publisher(CameraInfo, "/base/camera_info", 10)
+    msg = CameraInfo(width=640, height=480, distortion_model="plumb_bob", d=list(D), k=K.ravel().tolist())
+    stop = threading.Event()
+
+    def publish():
+        while not stop.is_set():
+            pub.publish(msg)
+            time.sleep(0.05)
+
+    t = threading.Thread(target=publish, daemon=True)
+    t.start()
+    try:
+        cam = make_camera("base_camera", "topic:/base/image_raw", node=reader)
+        assert cam.info_topic == "/base/camera_info"
+        assert cam.intrinsics["fx"] == 610.0 and cam.intrinsics["coeffs"] == pytest.approx(list(D))
+        (ok, line), = check_cameras(trained, {}, {"base_camera": cam}, "refuse")
+        assert ok and "camera_info /base/camera_info, no configured pose" in line
+        msg.k = (K * [[1.02], [1.0], [1.0]]).ravel().tolist()  # fx 2% off
+        cam2 = make_camera("base_camera", "topic:/base/image_raw", node=reader)
+        with pytest.raises(CalibrationMismatch, match="intrinsics differ"):
+            check_cameras(trained, {}, {"base_camera": cam2}, "refuse")
+        silent = make_camera("base_camera", "topic:/nobody/image_raw", node=reader)
+        (ok, line), = check_cameras(trained, {}, {"base_camera": silent}, "warn")
+        assert not ok and "no live calibration" in line and silent.intrinsics is None
+    finally:
+        stop.set()
+        t.join()
+        reader.destroy_node()
+        driver.destroy_node()
+        ctx.try_shutdown()

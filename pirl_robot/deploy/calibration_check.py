@@ -4,8 +4,9 @@
     deploy_node: camera_calibrations: ["base_camera=calib/base_camera.yaml"]   # this robot's calibration (pose)
                  calibration_check: warn | refuse | off
 
-Live intrinsics come from the camera driver where it reports them (RealSense: read from the device), else from
-this robot's calibration file; the live pose from that file (the configured pose). Compared per camera:
+Live intrinsics come from the camera driver where it reports them (RealSense: read from the device; a ROS image
+topic: the driver's CameraInfo), else from this robot's calibration file; the live pose from that file (the
+configured pose). Compared per camera:
 
     intrinsics + distortion: the largest pixel shift over a 9 x 9 grid of the image between where the two
         calibrations put the same ray, at the bundle calibration's resolution: tolerance 3 px
@@ -93,13 +94,15 @@ def compare(camera: str, trained, live, live_source: str) -> CameraComparison:
     return CameraComparison(camera, shift, t_mm, r_deg, live_source)
 
 
-def realsense_calibration(intrinsics: dict, base):
-    """The live RealSense intrinsics (read from the device) on top of this robot's calibration (for its pose)."""
+def device_calibration(intrinsics: dict, base):
+    """A driver's live intrinsics (RealSense: read from the device; ROS: CameraInfo) on top of this robot's
+    calibration (for its pose)."""
     from dataclasses import replace
 
     K = np.array([[intrinsics["fx"], 0.0, intrinsics["ppx"]], [0.0, intrinsics["fy"], intrinsics["ppy"]],
                   [0.0, 0.0, 1.0]])
-    dist = np.asarray(intrinsics.get("coeffs") or [0.0] * 5, dtype=np.float64)[:5]
+    dist = np.asarray(intrinsics.get("coeffs") or [0.0] * 5, dtype=np.float64)
+    dist = dist if len(dist) in (4, 5, 8, 12, 14) else dist[:5]  # OpenCV's lengths; RealSense gives 5
     return replace(base, width=int(intrinsics["width"]), height=int(intrinsics["height"]), K=K, dist=dist)
 
 
@@ -134,18 +137,20 @@ def check_cameras(bundle_calibrations: dict, live_files: dict[str, str], cameras
             continue
         base = load_calibration(resolve_path(live_files[name])) if name in live_files else None
         device = getattr(cameras.get(name), "intrinsics", None)
+        origin = (device or {}).get("source", "device intrinsics")
         if device and base is not None:
-            live, source = realsense_calibration(device, base), "device intrinsics + configured pose"
+            live, source = device_calibration(device, base), f"{origin} + configured pose"
         elif device:
             from calibration.calib_file import CalibrationFile
 
-            live = realsense_calibration(device, CalibrationFile(name, 1, 1, np.eye(3), np.zeros(5)))
-            source = "device intrinsics, no configured pose"
+            live = device_calibration(device, CalibrationFile(name, 1, 1, np.eye(3), np.zeros(5)))
+            source = f"{origin}, no configured pose"
         elif base is not None:
             live, source = base, f"configured calibration {live_files[name]}"
         else:
-            lines.append((False, f"camera {name!r}: no live calibration (set camera_calibrations, or a RealSense "
-                                 f"reports its own); the bundle's was not checked"))
+            lines.append((False, f"camera {name!r}: no live calibration (set camera_calibrations, or use a driver "
+                                 f"that reports its own: RealSense, a ROS topic with CameraInfo); the bundle's was "
+                                 f"not checked"))
             continue
         c = compare(name, trained, live, source)
         lines.append((not c.problems, c.line()))
