@@ -27,40 +27,54 @@ from pirl_robot.spec import PolicySpec
 
 
 class SimSafetyLimits:
-    def __init__(self, cfg: SafetyConfig, control_hz: float, source: str = ""):
+    """One SafetyFilter per simulated env (`num_envs`: the batched env's; the URDF FK is parsed once, shared)."""
+
+    def __init__(self, cfg: SafetyConfig, control_hz: float, source: str = "", num_envs: int = 1):
         self.cfg, self.control_hz, self.source = cfg, control_hz, source
         ws = cfg.workspace
         self._fk = EndEffectorFK(ws.urdf, ws.ee_link, [j.urdf_joint for j in cfg.joints]) if ws else None
-        self.safety: SafetyFilter | None = None  # one per episode
-        self.ticks = self.modified = 0          # over the env's lifetime
+        self.filters: list[SafetyFilter | None] = [None] * num_envs  # one per env and episode
+        self._hold: list[np.ndarray | None] = [None] * num_envs
+        self.ticks = self.modified = 0          # over the env's lifetime, all envs
         self.causes: dict[str, int] = {}        # safety event causes (clamps, limits, holds) over the lifetime
 
     @classmethod
-    def from_config(cls, path: str, spec: PolicySpec) -> "SimSafetyLimits":
+    def from_config(cls, path: str, spec: PolicySpec, num_envs: int = 1) -> "SimSafetyLimits":
         from pirl_robot.deploy.safety_hook import resolve_path
 
-        return cls(load_safety_config(resolve_path(path), spec=spec), spec.control_hz, str(path))
+        return cls(load_safety_config(resolve_path(path), spec=spec), spec.control_hz, str(path), num_envs)
+
+    @property
+    def safety(self) -> SafetyFilter | None:
+        """The single env's filter (ManiSkillEnv)."""
+        return self.filters[0]
 
     def measured(self, qpos: np.ndarray) -> np.ndarray:
         """Simulator joint positions (9,) -> the filter's entries: 7 arm joints + the normalised gripper."""
         gripper = 2.0 * (qpos[7] - FINGER_LOW) / (FINGER_HIGH - FINGER_LOW) - 1.0
         return np.concatenate([qpos[:7], [gripper]])[: len(self.cfg.entry_names)]
 
-    def reset(self, qpos: np.ndarray) -> None:
-        """A new episode: a fresh filter that starts (smoothly) from the measured state, as after ~/start."""
-        self.safety = SafetyFilter(self.cfg, self.control_hz, fk=self._fk)
-        self.safety.resume()
-        self._hold = self.measured(qpos)
+    def reset(self, qpos: np.ndarray, env: int = 0) -> None:
+        """A new episode of `env`: a fresh filter that starts (smoothly) from the measured state, as after ~/start."""
+        self.filters[env] = f = SafetyFilter(self.cfg, self.control_hz, fk=self._fk)
+        f.resume()
+        self._hold[env] = self.measured(qpos)
 
-    def filter(self, action: np.ndarray, qpos: np.ndarray) -> np.ndarray:
-        """One control tick: the policy's action (8,) and the measured qpos (9,) -> the action the arm executes."""
-        if self.safety is None:
+    def filter(self, action: np.ndarray, qpos: np.ndarray, env: int = 0) -> np.ndarray:
+        """One control tick of `env`: the policy's action (8,) and the measured qpos (9,) -> the action the arm
+        executes."""
+        f = self.filters[env]
+        if f is None:
             raise RuntimeError("SimSafetyLimits.filter before reset")
-        meas = self.measured(qpos)
-        out = self.safety.step(np.asarray(action, dtype=np.float64), meas, None)
+        out = f.step(np.asarray(action, dtype=np.float64), self.measured(qpos), None)
         for e in out.events:
             self.causes[e.cause] = self.causes.get(e.cause, 0) + 1
-        cmd = self._hold if out.command is None else out.command  # None: start refused; the arm holds still
+        cmd = self._hold[env] if out.command is None else out.command  # None: start refused; the arm holds still
         self.ticks += 1
         self.modified += int(not np.allclose(cmd, action, atol=1e-6))
         return np.asarray(cmd, dtype=np.float32)
+
+    def filter_batch(self, actions: np.ndarray, qpos: np.ndarray) -> np.ndarray:
+        """Every env's tick: actions (N, 8), measured qpos (N, 9) -> executed actions (N, 8). A loop over numpy
+        filters on the host: ~0.2-0.3 ms an env and step, the cost of the limits in a batched GPU simulation."""
+        return np.stack([self.filter(a, q, i) for i, (a, q) in enumerate(zip(actions, qpos))])

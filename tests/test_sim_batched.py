@@ -123,3 +123,37 @@ def test_cpu_backend_takes_one_env_and_the_registry_picks_the_class():
     with pytest.raises(ValueError, match=r"env.sim_backend='vulkan' is not available for maniskill \(known: cpu, "
                                          r"physx_cpu, physx_cuda\)"):
         factory.make_vector_env(env_cfg)
+
+
+def test_twin_camera_and_safety_limits_as_in_the_single_env(tmp_path):
+    """The batched env runs the twin of the real robot like ManiSkillEnv: the calibrated camera (warped through
+    its distortion on the device) and the robot's SafetyFilter per env, with the same executed motion."""
+    from test_sim_twin import calibration
+
+    from sim.maniskill.env import ManiSkillEnv
+
+    cal = calibration().save(tmp_path / "base_camera.yaml")
+    cfg = TaskConfig(task="PushCube-v1", obs_mode="rgb", image_size=48, max_episode_steps=18, chunk_size=4,
+                     exec_horizon=4, camera_calibration=str(cal),
+                     safety_config="ros_ws/src/pirl_robot/config/safety/panda_maniskill.yaml")
+    single = ManiSkillEnv(cfg)
+    try:
+        with BatchedManiSkillEnv(replace(cfg, sim_backend="physx_cpu"), num_envs=1, seed=3) as batched:
+            ob, (os_, _) = batched.reset(seeds=[5]), single.reset(seed=5)
+            rng = np.random.default_rng(1)
+            for c in range(3):
+                a = random_chunk(os_["state"][None], rng)
+                a[..., :7] += rng.normal(0, 0.3, a[..., :7].shape)  # big steps: the velocity limits bind
+                rb = batched.step_chunk(torch.as_tensor(a.astype(np.float32)))
+                for h in range(a.shape[1]):
+                    os_, *_ = single.step(a[0, h])
+                np.testing.assert_allclose(rb.obs["state"][0].numpy(), os_["state"], atol=1e-5)
+                img_b, img_s = rb.obs["images"]["base_camera"][0].numpy(), os_["images"]["base_camera"]
+                assert img_b.shape == img_s.shape == (48, 48, 3)
+                diff = np.abs(img_b.astype(int) - img_s.astype(int))
+                assert (diff <= 2).mean() > 0.99, diff.max()  # grid_sample vs cv2.remap rounding
+                assert img_b.std() > 10  # a rendered scene, not a blank frame
+            assert batched.limits.modified > 0 and batched.limits.modified == single.limits.modified
+            assert batched.limits.causes == single.limits.causes
+    finally:
+        single.close()

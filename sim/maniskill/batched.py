@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from sim.maniskill.config import TaskConfig
-from sim.maniskill.env import CAMERAS, CONTROL_HZ, check_layout, gym_kwargs, state_fields, task_spec
+from sim.maniskill.env import CAMERAS, CONTROL_HZ, check_layout, gym_kwargs, state_fields, task_spec, twin_hooks
 from sim.vector_types import ChunkResult, EpisodeStats, Obs, per_env
 
 BATCHED_BACKENDS = ("physx_cpu", "physx_cuda")
@@ -56,8 +56,12 @@ class BatchedManiSkillEnv:
             raise ValueError(f"ManiSkill's CPU backend runs one env per process, got num_envs={num_envs}: use "
                              "sim_backend=cpu (worker processes) or physx_cuda for more")
         self.cfg, self.spec, self.num_envs, self.seed = cfg, task_spec(cfg), num_envs, seed
+        # The twin of the real robot, as ManiSkillEnv runs it: the calibrated camera (rendered, then warped through
+        # its distortion on the device) and the robot's SafetyFilter per env (on the host: one copy of the
+        # actions and joints per step, only where env.maniskill.safety_config is set).
+        self.twin, self.limits = twin_hooks(cfg, num_envs)
         gpu = torch.device(device) if device is not None and cfg.sim_backend == "physx_cuda" else None
-        self.venv = _make(cfg, num_envs, gpu)
+        self.venv = _make(cfg, num_envs, gpu, self.twin)
         self.base = self.venv.base_env
         if self.base.control_freq != CONTROL_HZ:
             raise RuntimeError(f"{cfg.task} runs at {self.base.control_freq} Hz, task_spec assumes {CONTROL_HZ}")
@@ -113,7 +117,11 @@ class BatchedManiSkillEnv:
         terminated, truncated, success = (torch.zeros(n, dtype=torch.bool, device=self.device) for _ in range(3))
         final = self.obs  # per env: the observation after its last executed step
         for h in range(horizon):
-            raw, reward, term, trunc, info = self.venv.step(actions[:, h])
+            step = actions[:, h]
+            if self.limits is not None:  # the deploy node's SafetyFilter between the policy and each arm
+                qpos = self.base.agent.robot.get_qpos().cpu().numpy().astype(np.float64)
+                step = torch.as_tensor(self.limits.filter_batch(step.cpu().numpy(), qpos), device=self.sim_device)
+            raw, reward, term, trunc, info = self.venv.step(step)
             reward, term, trunc, succ = (self._to(x) for x in (reward, term, trunc, info["success"]))
             reward = self._credit(reward.float(), term)
             step_rewards[:, h] = torch.where(running, reward, 0.0)
@@ -172,7 +180,15 @@ class BatchedManiSkillEnv:
             raw = self.copy_states(src, dst)
         if not self._checked:
             check_layout(self.cfg, raw)
+            if self.twin is not None:
+                from sim.maniskill.twin import check_base_pose
+
+                check_base_pose(self.twin, self.base.agent.robot.pose.raw_pose[0].cpu().numpy().astype(np.float64))
             self._checked = True
+        if self.limits is not None:
+            qpos = self.base.agent.robot.get_qpos().cpu().numpy().astype(np.float64)
+            for i in envs:
+                self.limits.reset(qpos[i], i)
         for i, s in zip(envs, drawn):
             self.seeds[i] = s
         fresh = self._convert(raw)
@@ -198,7 +214,10 @@ class BatchedManiSkillEnv:
     def _convert(self, raw: dict[str, Any]) -> Obs:
         n = self.num_envs
         state = torch.cat([self._to(raw[g][k]).reshape(n, -1).float() for g, k, _ in state_fields(self.cfg)], 1)
-        return {"state": state, "images": {c: self._to(raw["sensor_data"][c]["rgb"]) for c in self.cameras}}
+        images = {c: raw["sensor_data"][c]["rgb"] for c in self.cameras}
+        if self.twin is not None and self.twin.uid in images:  # warped where it was rendered, then moved
+            images[self.twin.uid] = self.twin.distort_batch(torch.as_tensor(images[self.twin.uid]))
+        return {"state": state, "images": {c: self._to(x) for c, x in images.items()}}
 
     def _to(self, x: Any) -> torch.Tensor:
         return torch.as_tensor(x).to(self.device, non_blocking=True)
@@ -207,7 +226,7 @@ class BatchedManiSkillEnv:
         return per_env(values, self.num_envs, what)
 
 
-def _make(cfg: TaskConfig, num_envs: int, device: torch.device | None):
+def _make(cfg: TaskConfig, num_envs: int, device: torch.device | None, twin=None):
     """ManiSkill's batched env behind its own vector wrapper (resets are ours: per-env seeds)."""
     import gymnasium as gym
     import mani_skill.envs  # noqa: F401  (registers the tasks)
@@ -216,7 +235,7 @@ def _make(cfg: TaskConfig, num_envs: int, device: torch.device | None):
     if cfg.sim_backend == "physx_cuda" and not torch.cuda.is_available():
         raise PhysXGpuMissing("sim_backend=physx_cuda needs a CUDA GPU and none is visible to torch; "
                               "use env.sim_backend=cpu (worker processes) on this machine")
-    kwargs = gym_kwargs(cfg)
+    kwargs = gym_kwargs(cfg, twin)
     if device is not None and device.type == "cuda" and device.index is not None:  # this rank's GPU (torchrun)
         kwargs["sim_backend"] = f"physx_cuda:{device.index}"
         if cfg.render_backend in ("gpu", "cuda", "sapien_cuda"):

@@ -72,14 +72,17 @@ def task_spec(cfg: TaskConfig) -> PolicySpec:
     )
 
 
-def gym_kwargs(cfg: TaskConfig) -> dict[str, Any]:
-    """The ``gym.make(cfg.task, **kwargs)`` arguments of a task config (ManiSkillEnv and the batched env)."""
+def gym_kwargs(cfg: TaskConfig, twin=None) -> dict[str, Any]:
+    """The ``gym.make(cfg.task, **kwargs)`` arguments of a task config (ManiSkillEnv and the batched env); a
+    CameraTwin (sim/maniskill/twin.py) overrides its camera's pose, size and intrinsics."""
     kwargs: dict[str, Any] = dict(
         obs_mode="state_dict" if cfg.obs_mode == "state" else "rgb",
         control_mode=cfg.control_mode, reward_mode=cfg.reward_mode, render_backend=cfg.render_backend,
         sim_backend=cfg.sim_backend, max_episode_steps=cfg.max_episode_steps)
     if cfg.obs_mode == "rgb":
         kwargs["sensor_configs"] = dict(width=cfg.image_size, height=cfg.image_size)
+        if twin is not None:
+            kwargs["sensor_configs"].update(twin.sensor_configs())
     return kwargs
 
 
@@ -110,11 +113,8 @@ class ManiSkillEnv:
         import mani_skill.envs  # noqa: F401  (registers the tasks)
 
         self.cfg = cfg
-        kwargs = gym_kwargs(cfg)
-        self.twin, self.limits = _twin_hooks(cfg)  # issue 15: calibrated camera, robot safety limits (or None)
-        if self.twin is not None and cfg.obs_mode == "rgb":
-            kwargs["sensor_configs"].update(self.twin.sensor_configs())
-        self.env = gym.make(cfg.task, **kwargs)
+        self.twin, self.limits = twin_hooks(cfg)  # issue 15: calibrated camera, robot safety limits (or None)
+        self.env = gym.make(cfg.task, **gym_kwargs(cfg, self.twin))
         self.unwrapped = self.env.unwrapped
         self.state_names = state_names(cfg)
         self.cameras = CAMERAS if cfg.obs_mode == "rgb" else ()
@@ -196,7 +196,7 @@ class ManiSkillEnv:
         }
 
 
-def _twin_hooks(cfg: TaskConfig):
+def twin_hooks(cfg: TaskConfig, num_envs: int = 1):
     """The calibrated camera and the robot's safety limits this env runs with (issue 15), each None unless set."""
     twin = limits = None
     if cfg.camera_calibration:
@@ -206,7 +206,7 @@ def _twin_hooks(cfg: TaskConfig):
     if cfg.safety_config:
         from sim.safety_limits import SimSafetyLimits
 
-        limits = SimSafetyLimits.from_config(cfg.safety_config, task_spec(cfg))
+        limits = SimSafetyLimits.from_config(cfg.safety_config, task_spec(cfg), num_envs)
     return twin, limits
 
 

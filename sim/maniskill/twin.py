@@ -44,6 +44,7 @@ class CameraTwin:
     uid: str = "base_camera"
     margin: int = 0                  # extra pinhole pixels rendered on each side for the distortion warp
     _maps: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+    _grids: dict = field(default_factory=dict, repr=False)  # distort_batch's sampling grid per device
 
     @classmethod
     def from_file(cls, path: str | Path, task: str, width: int, height: int, uid: str = "base_camera"
@@ -90,6 +91,25 @@ class CameraTwin:
             self._maps = self._distortion_maps()
         return cv2.remap(np.ascontiguousarray(image), *self._maps,
                          cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+    def distort_batch(self, images: "torch.Tensor") -> "torch.Tensor":
+        """`distort` for a batch on any device: (N, H', W', C) uint8 -> (N, H, W, C) uint8, through
+        torch's grid_sample (bilinear, border) with the same maps, so a batched GPU env warps where it renders."""
+        import torch
+        import torch.nn.functional as F
+
+        h_in, w_in = images.shape[1:3]
+        key = (str(images.device), h_in, w_in)
+        if key not in self._grids:  # built once per device
+            if self._maps is None:
+                self._maps = self._distortion_maps()
+            mx, my = (torch.as_tensor(m, device=images.device) for m in self._maps)
+            self._grids[key] = torch.stack([2 * mx / (w_in - 1) - 1, 2 * my / (h_in - 1) - 1], -1)[None]
+        grid = self._grids[key]  # normalised source pixel centres (align_corners=True)
+        x = images.permute(0, 3, 1, 2).float()
+        out = F.grid_sample(x, grid.expand(len(x), -1, -1, -1), mode="bilinear", padding_mode="border",
+                            align_corners=True)
+        return out.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
     def project_world(self, points_world: np.ndarray) -> np.ndarray:
         """(N, 3) world points -> (N, 2) pixels, as the calibration predicts them (distortion included)."""
