@@ -89,3 +89,29 @@ def test_view_writes_the_episode_rrd(episodes, tmp_path):
     assert rows["/joints/gripper/applied"] == c["command.sent"].sum()
     assert rows["/plan"] == ep.meta["chunks"] and rows["/safety/events"] == len(ep.events)
     assert main(["view", str(ep.session_dir)]) == 2  # two episodes there: which one?
+
+
+def test_real_time_chunking_episode_replays_exactly_with_its_recorded_prefixes(tmp_path):
+    """Under `chunking: rtc` every chunk after the first is guided by the plan it continues; the recording keeps
+    that prefix (policy.rtc_prefix / policy.rtc), so the offline re-run reproduces each chunk bit for bit, and
+    re-running without the prefixes does not."""
+    from pirl_robot.bundle import load_bundle
+    from pirl_robot.record.episodes import find_episodes
+    from pirl_robot.replay.offline import rerun_episode
+    from record_utils import record_hil
+
+    bundle = tiny_bundle(tmp_path / "bundle")
+    record_hil(tmp_path / "rec", bundle, episodes=1, params={"chunking": "rtc", "lead_ticks": 2,
+                                                              "rtc_inference_delay": 2})
+    ep, = find_episodes([tmp_path / "rec"])
+    chunks = ep.chunks()
+    guided = [ch for ch in chunks if ch["prefix"] is not None]
+    assert chunks[0]["prefix"] is None and len(guided) >= 1 and len(guided) == len(chunks) - 1
+    assert all(ch["prefix"].inference_delay == 2 and len(ch["prefix"].actions) >= 2 for ch in guided)
+    policy = load_bundle(bundle)
+    res = rerun_episode(ep, policy, "same bundle")
+    assert res.identical, np.abs(res.diff).max()
+    ch = guided[0]  # the same chunk without its guidance comes out otherwise
+    c = ep.columns()
+    obs = {"state": c["observation.state"][ch["row"]], "images": {}, "instruction": ep.task}
+    assert not np.array_equal(policy.infer(obs, noise=ch["noise"])["actions"], ch["actions"])

@@ -250,7 +250,8 @@ class ControlLoop:
                 self.stats["chunks"] += 1
             episode = self.episode
             self._cond.notify_all()
-        rec = ChunkRecord(result.obs_tick, episode, result.actions, result.noise, result.latency_s, result.error)
+        rec = ChunkRecord(result.obs_tick, episode, result.actions, result.noise, result.latency_s, result.error,
+                          result.prefix)
         for tap in self.taps:
             tap(rec)
 

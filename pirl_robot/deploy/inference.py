@@ -19,6 +19,7 @@ class InferenceResult:
     noise: np.ndarray | None  # the initial noise used (for exact offline replay)
     latency_s: float
     error: str | None = None
+    prefix: object = None  # the flow.rtc.ChunkPrefix the chunk was guided to continue (real-time chunking)
 
 
 def check_chunk(actions, spec) -> np.ndarray:
@@ -72,7 +73,7 @@ class InferenceWorker:
                 actions, error = check_chunk(self.policy.infer(obs, noise=noise, **extra)["actions"], spec), None
             except Exception as e:  # NaN actions, bad observation, a crashing model: the control loop decides
                 actions, error = None, f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}"
-            result = InferenceResult(rid, tick, actions, noise, time.perf_counter() - t0, error)
+            result = InferenceResult(rid, tick, actions, noise, time.perf_counter() - t0, error, prefix)
             self.on_result(result)
 
     def close(self) -> None:

@@ -12,7 +12,7 @@ was sent to the arm (command units, after the safety stage). Safety events are J
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -48,6 +48,7 @@ class ChunkRecord:
     noise: np.ndarray | None  # the initial noise (exact offline replay)
     latency_s: float
     error: str | None
+    prefix: Any = None  # the flow.rtc.ChunkPrefix it was guided to continue (real-time chunking), else None
 
 
 @dataclass(frozen=True, slots=True)

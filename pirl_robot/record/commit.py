@@ -24,7 +24,7 @@ from pirl_robot.record.episodes import EPISODE_EVENTS, EPISODE_META, OUTCOMES, R
 from pirl_robot.record.files import (append_jsonl, dumps, fsync_dir, fsync_tree, read_jsonl,
                                      write_json_atomic)
 from pirl_robot.record.journal import JournalContents, load_images, read_journal
-from pirl_robot.record.schema import FORMAT, IMAGE_PREFIX, RecordSchema, features, vec
+from pirl_robot.record.schema import FORMAT, IMAGE_PREFIX, RecordSchema, features, rtc_prefix, vec
 
 SAFETY_COUNTED = "safety"
 
@@ -131,6 +131,8 @@ def _write_dataset(j: JournalContents, root: Path) -> int:
             np.asarray(ch["actions"], np.float32).reshape(hz, n_a),
             "policy.chunk_noise": np.zeros((hz, schema.noise_width), np.float32) if ch is None else
             np.asarray(ch["noise"], np.float32).reshape(hz, schema.noise_width),
+            "policy.rtc_prefix": rtc_prefix(ch, hz, n_a),
+            "policy.rtc": np.asarray((ch or {}).get("rtc", (0, 0, 0)), np.int32),
             "policy.latency_ms": np.array([0.0 if ch is None else ch["latency_ms"]], np.float32),
             "policy.executing": np.array([bool(fr.get("executing", True))]),
             "timing.tick": np.array([int(fr["tick"])], np.int64),

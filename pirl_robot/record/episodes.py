@@ -124,11 +124,23 @@ class RecordedEpisode:
         return np.stack([ds[i][key].numpy().transpose(1, 2, 0) for i in range(len(ds))])
 
     def chunks(self) -> list[dict]:
-        """The policy chunks of the episode: {"row", "tick", "actions" (H, A), "noise" (H, A), "latency_ms"}."""
+        """The policy chunks of the episode: {"row", "tick", "actions" (H, A), "noise" (H, N), "latency_ms",
+        "prefix"}: prefix is the flow.rtc.ChunkPrefix a real-time-chunking chunk was guided by, else None
+        (always None in recordings made before the policy.rtc columns)."""
         c = self.columns()
         rows = np.flatnonzero(c["policy.chunk_new"])
         return [{"row": int(r), "tick": int(c["timing.tick"][r]), "actions": c["policy.chunk_actions"][r],
-                 "noise": c["policy.chunk_noise"][r], "latency_ms": float(c["policy.latency_ms"][r])} for r in rows]
+                 "noise": c["policy.chunk_noise"][r], "latency_ms": float(c["policy.latency_ms"][r]),
+                 "prefix": _rtc_prefix(c, r)} for r in rows]
+
+
+def _rtc_prefix(columns: dict, row: int):
+    if "policy.rtc" not in columns or int(columns["policy.rtc"][row][0]) == 0:
+        return None
+    from pirl_robot.flow.rtc import ChunkPrefix
+
+    n, delay, horizon = (int(x) for x in columns["policy.rtc"][row])
+    return ChunkPrefix(columns["policy.rtc_prefix"][row][:n].astype(np.float32), delay, horizon)
 
 
 def find_episodes(paths: list[str | Path]) -> list[RecordedEpisode]:

@@ -305,8 +305,13 @@ class Recorder:
                               "detail": rec.error.splitlines()[0]})
             self._live_event(rec.obs_tick, t - ep.t0, "policy_error", rec.error.splitlines()[0])
             return
-        ep.journal.chunk({"obs_tick": rec.obs_tick, "actions": _list(rec.actions), "noise": _list(rec.noise),
-                          "latency_ms": 1e3 * rec.latency_s})
+        line = {"obs_tick": rec.obs_tick, "actions": _list(rec.actions), "noise": _list(rec.noise),
+                "latency_ms": 1e3 * rec.latency_s}
+        if rec.prefix is not None:  # real-time chunking: what the chunk was guided by (exact offline re-run)
+            p = rec.prefix
+            line["rtc_prefix"] = _list(p.actions)
+            line["rtc"] = [len(p.actions), int(p.inference_delay), int(p.execution_horizon)]
+        ep.journal.chunk(line)
         if self._live_log is not None:
             self._live_log.chunk(rec.obs_tick, t - ep.t0, rec.actions, 1e3 * rec.latency_s)
 

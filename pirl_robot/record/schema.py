@@ -14,6 +14,8 @@ Dataset features (one row per control tick that had an observation, while execut
     policy.chunk_new               bool   a chunk was computed from THIS row's observation ...
     policy.chunk_actions           (H, A) ... its actions (policy units) ...
     policy.chunk_noise             (H, N) ... the initial noise (N: the model's chain width, pi0's padded dims) it was sampled from (exact offline re-run) ...
+    policy.rtc_prefix              (H, A) ... real-time chunking: the committed actions it was guided to continue (zeros after P) ...
+    policy.rtc                     (3,)   ... [P, inference delay, execution horizon] of that guidance (P = 0: none) ...
     policy.latency_ms              1      ... and its inference time
     policy.executing               bool   False on the rows of the controlled stop after ~/stop
     timing.tick                    int64  the node's control tick
@@ -107,6 +109,9 @@ def features(schema: RecordSchema, video: bool = False) -> dict[str, dict]:
         "policy.chunk_new": {"dtype": "bool", **scalar},
         "policy.chunk_actions": {"dtype": "float32", "shape": (h, a), "names": None},
         "policy.chunk_noise": {"dtype": "float32", "shape": (h, schema.noise_width), "names": None},
+        "policy.rtc_prefix": {"dtype": "float32", "shape": (h, a), "names": None},
+        "policy.rtc": {"dtype": "int32", "shape": (3,), "names": ["prefix_len", "inference_delay",
+                                                                 "execution_horizon"]},
         "policy.latency_ms": {"dtype": "float32", **scalar},
         "policy.executing": {"dtype": "bool", **scalar},
         "timing.tick": {"dtype": "int64", **scalar},
@@ -119,6 +124,15 @@ def features(schema: RecordSchema, video: bool = False) -> dict[str, dict]:
         feats[IMAGE_PREFIX + name] = {"dtype": "video" if video else "image", "shape": (height, width, 3),
                                       "names": ["height", "width", "channels"]}
     return feats
+
+
+def rtc_prefix(chunk: dict | None, h: int, a: int) -> np.ndarray:
+    """A journal chunk's real-time-chunking prefix as an (h, a) block, zero-padded after its P rows."""
+    out = np.zeros((h, a), np.float32)
+    if chunk is not None and chunk.get("rtc_prefix") is not None:
+        p = np.asarray(chunk["rtc_prefix"], np.float32).reshape(-1, a)
+        out[: len(p)] = p
+    return out
 
 
 def vec(x, n: int, dtype=np.float32) -> np.ndarray:

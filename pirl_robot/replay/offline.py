@@ -68,7 +68,8 @@ def rerun_episode(episode: RecordedEpisode, policy, bundle_name: str = "", noise
     """Every recorded chunk recomputed by `policy` from the observation it was computed from.
 
     noise_seed None: the recorded noise (exact replay); an int: fresh noise from that seed (also what happens
-    when the bundle's chunk shape differs from the recorded one)."""
+    when the bundle's chunk shape differs from the recorded one). A chunk recorded under real-time chunking is
+    re-run with the prefix it was guided by (policy.rtc columns)."""
     check_fits(policy.spec, episode.meta.get("spec"))
     c = episode.columns()
     rows = np.flatnonzero(c["policy.chunk_new"])
@@ -81,12 +82,14 @@ def rerun_episode(episode: RecordedEpisode, policy, bundle_name: str = "", noise
     same_shape = c["policy.chunk_noise"].shape[1:] == shape
     rng = np.random.default_rng(noise_seed if noise_seed is not None else 0)
     use_recorded = noise_seed is None and same_shape
+    prefixes = {ch["row"]: ch["prefix"] for ch in episode.chunks()}  # real-time chunking's guidance, if any
     out = []
     for r in rows:
         obs = {"state": c["observation.state"][r], "images": {cam: images[cam][r] for cam in cams},
                "instruction": episode.task}
         noise = c["policy.chunk_noise"][r] if use_recorded else rng.standard_normal(shape).astype(np.float32)
-        out.append(policy.infer(obs, noise=noise)["actions"].astype(np.float32))
+        extra = {} if prefixes[int(r)] is None else {"prefix": prefixes[int(r)]}
+        out.append(policy.infer(obs, noise=noise, **extra)["actions"].astype(np.float32))
     rerun = np.stack(out)
     recorded = c["policy.chunk_actions"][rows]
     h = min(rerun.shape[1], recorded.shape[1])
