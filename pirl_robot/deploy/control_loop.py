@@ -84,6 +84,7 @@ class ControlLoop:
         self._policy_error: str | None = None
         self._cond = threading.Condition()  # guards the broker, the request in flight and `executing`
         self._wake = threading.Event()
+        self._tick_lock = threading.RLock()  # held through each tick: stop_policy waits out the one in progress
         self._running = False
         self._thread: threading.Thread | None = None
         self.reset_stats()
@@ -133,7 +134,8 @@ class ControlLoop:
             if not self._running:
                 break
             try:
-                self.step()
+                with self._tick_lock:
+                    self.step()
             except Exception as e:  # never let the loop die silently: log and keep holding
                 self.log_throttled("error", "tick", f"control tick failed: {type(e).__name__}: {e}")
 
@@ -290,12 +292,17 @@ class ControlLoop:
         return f"executing episode {self.episode}"
 
     def stop_policy(self, wait_s: float = 0.0) -> str:
-        """Stop executing; the filter brakes within limits on the next ticks. wait_s: return once at rest."""
+        """Stop executing; the filter brakes within limits on the next ticks. wait_s: return once at rest.
+
+        Returns after the tick in progress (if any) is done, so no command of the policy's is sent after it:
+        from here on only the filter's braking commands go out (none once at rest)."""
         with self._cond:
             was, self.executing = self.executing, False
             self.broker.reset()
             self.safety.stop()
             self._cond.notify_all()
+        with self._tick_lock:  # a tick that read `executing` before the stop finishes (and sends) first
+            pass
         deadline = time.monotonic() + wait_s
         while self._running and self.mode in IN_MOTION and time.monotonic() < deadline:
             time.sleep(0.005)

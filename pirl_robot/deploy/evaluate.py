@@ -82,6 +82,12 @@ class HilClient:
         self.task_state: dict[str, float] = {}
         node.create_subscription(String, f"{sim_node}/episode", self._on_status, qos("reliable", 10))
         node.create_subscription(JointState, task_state_topic, self._on_task, qos("sensor", 5))
+        from diagnostic_msgs.msg import DiagnosticArray
+
+        self.deploy_name = deploy_node.rsplit("/", 1)[-1]
+        self.diagnostics: dict[str, str] = {}  # the deploy node's latest /diagnostics values
+        self.diagnostics_at = 0.0              # when they arrived (time.monotonic())
+        node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
         self.reset_srv = node.create_client(Trigger, f"{sim_node}/reset")
         self.start_srv = node.create_client(Trigger, f"{deploy_node}/start")
         self.stop_srv = node.create_client(Trigger, f"{deploy_node}/stop")
@@ -91,6 +97,23 @@ class HilClient:
 
     def _on_task(self, msg) -> None:
         self.task_state = dict(zip(msg.name, msg.position))
+
+    def _on_diagnostics(self, msg) -> None:
+        for st in msg.status:
+            if st.name == f"pirl_deploy: {self.deploy_name}":
+                self.diagnostics = {kv.key: kv.value for kv in st.values}
+                self.diagnostics_at = time.monotonic()
+
+    def wait_at_rest(self, since: float, timeout: float) -> None:
+        """Until the deploy node reports (in /diagnostics sent after `since`) that it is not executing and its
+        filter no longer streams commands: only then may the simulated arm be reset. A command still in flight
+        would otherwise step the new episode toward the old pose (a real arm is never teleported under one)."""
+        from pirl_robot.safety.filter import IN_MOTION
+
+        moving = {str(m) for m in IN_MOTION}
+        self.wait(lambda: self.diagnostics_at > since and self.diagnostics.get("executing") == "False"
+                  and self.diagnostics.get("safety_mode", "") not in moving, timeout,
+                  "the deploy node to come to rest (its /diagnostics)")
 
     def call(self, client, timeout: float = 10.0):
         from std_srvs.srv import Trigger
@@ -117,7 +140,9 @@ class HilClient:
 
     def run_episode(self, noise_seed_base: int, timeout: float = 30.0) -> EpisodeResult:
         self.wait(lambda: self.status is not None, timeout, "the simulated arm's episode status")
+        stopped = time.monotonic()
         self.call(self.stop_srv)
+        self.wait_at_rest(stopped, timeout)
         res = json.loads(self.call(self.reset_srv).message)
         episode, seed = res["episode"], res["seed"]
         self.wait(lambda: self.status["episode"] == episode and self.status["status"] == "ready", timeout, "reset")
