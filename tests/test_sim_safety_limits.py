@@ -93,9 +93,11 @@ def test_policy_trained_with_limits_keeps_its_success_behind_the_filter(tmp_path
     print("\nBC PushCube, deployed behind the simulated Panda's SafetyFilter over DDS (same seeds):",
           json.dumps(out, indent=1))
     Path(os.environ.get("PIRL_LIMITS_REPORT", tmp_path / "limits_report.json")).write_text(json.dumps(out, indent=1))
-    # Measured 2026-11-27 (2 shared cores): without limits sim 8/10, twin 3/10, HIL 1/10; with limits sim 8/10,
-    # twin 8/10, HIL 5/10. The twin predicts the unconstrained policy's collapse; 3 episodes of gap remain
-    # (timing over DDS: tick_timing / stale-input events, see docs/calibration.md).
+    # Measured 2026-11-27 (2 shared cores, lockstep arm, HIL client waiting for the node to rest before each
+    # reset): without limits sim 8/10, twin 3/10, HIL 3/10; with limits sim 8/10, twin 8/10, HIL 8/10, the same
+    # seeds succeeding. The twin predicts HIL; one episode of slack for rounding in the gripper's mapping.
+    for r in out.values():
+        assert abs(r["hil_behind_filter"] - r["sim_with_limits"]) <= 0.1, r
     w = out["with_limits"]
-    assert w["hil_behind_filter"] >= w["sim_with_limits"] - 0.4
+    assert w["hil_behind_filter"] >= w["sim"] - 0.1  # trained inside the limits: keeps its in-sim success
     assert w["hil_behind_filter"] > out["without_limits"]["hil_behind_filter"]
