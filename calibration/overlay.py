@@ -21,11 +21,12 @@ def render_twin(cal: CalibrationFile, task: str = "PushCube-v1", joints: np.ndar
     import gymnasium as gym
     import mani_skill.envs  # noqa: F401
 
-    from sim.maniskill.twin import CameraTwin
+    from sim.maniskill.twin import HAND_ROBOT, CameraTwin
 
     twin = CameraTwin.from_calibration(cal, task, cal.width, cal.height)
+    robot = {"robot_uids": HAND_ROBOT} if twin.on_hand else {}  # an eye-in-hand camera rides on the wrist
     env = gym.make(task, obs_mode="rgb", render_backend="cpu", sim_backend="cpu",
-                   sensor_configs=twin.sensor_configs())
+                   sensor_configs=twin.sensor_configs(), **robot)
     try:
         env.reset(seed=seed)
         u = env.unwrapped

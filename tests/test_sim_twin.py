@@ -69,3 +69,75 @@ def test_known_point_projects_to_the_calibrated_pixel(size):
             assert np.linalg.norm(seen - expected[k]) < 1.0
     finally:
         env.close()
+
+
+def _fk(urdf: str, link: str, qpos: np.ndarray) -> np.ndarray:
+    """T_base_link of ManiSkill's Panda URDF at the simulator's joint positions (the calibration's view of it)."""
+    import pytorch_kinematics as pk
+    import torch
+
+    from pirl_robot.safety.kinematics import _quiet_urdf_parser
+
+    with _quiet_urdf_parser():
+        chain = pk.build_chain_from_urdf(open(urdf, "rb").read()).to(dtype=torch.float64)
+    q = torch.zeros(chain.n_joints, dtype=torch.float64)
+    names = chain.get_joint_parameter_names()
+    for k, name in enumerate([f"panda_joint{i}" for i in range(1, 8)] + ["panda_finger_joint1", "panda_finger_joint2"]):
+        if name in names:
+            q[names.index(name)] = float(qpos[k])
+    return chain.forward_kinematics(q)[link].get_matrix()[0].numpy()
+
+
+def test_eye_in_hand_camera_rides_on_the_wrist_and_projects_as_calibrated():
+    """An eye-in-hand calibration (camera pose on panda_hand) becomes ManiSkill's wrist camera (panda_wristcam,
+    mounted on camera_link): markers placed in front of the camera land where the calibration, composed with the
+    arm's FK at the simulator's joints, projects them; a hand calibration given as the fixed camera is refused."""
+    import gymnasium as gym
+    import mani_skill.envs  # noqa: F401
+    import sapien
+
+    from calibration.poses import make_T
+    from sim.maniskill.twin import HAND_ROBOT, CameraTwin, TwinError, hand_urdf
+
+    T_hand_cam = make_T(np.eye(3), [0.06, 0.0, 0.03])  # 6 cm off the hand's centre, looking along the fingers
+    cal = CalibrationFile("hand_camera", 640, 480, K_CAL, D_CAL).with_pose("eye_in_hand", "panda_hand", T_hand_cam)
+    twin = CameraTwin.from_calibration(cal, "PushCube-v1", 160, 120)
+    assert twin.uid == "hand_camera" and twin.on_hand
+    env = gym.make(_marker_env_id(), obs_mode="rgb+segmentation", render_backend="cpu", sim_backend="cpu",
+                   robot_uids=HAND_ROBOT, sensor_configs=twin.sensor_configs())
+    try:
+        env.reset(seed=0)
+        u = env.unwrapped
+        T_base_hand = _fk(hand_urdf(), "panda_hand", u.agent.robot.get_qpos()[0].numpy())
+        T_world_cam = make_T(np.eye(3), BASE) @ T_base_hand @ T_hand_cam
+        in_cam = np.array([[0.03, 0.02, 0.12], [-0.03, -0.02, 0.14], [0.04, -0.025, 0.13], [-0.035, 0.03, 0.11]])
+        world = (T_world_cam @ np.c_[in_cam, np.ones(len(in_cam))].T).T[:, :3]
+        for marker, p in zip(u.markers, world):
+            marker.set_pose(sapien.Pose(p=p.tolist()))
+        obs = u.get_obs()
+        seg = twin.distort(obs["sensor_data"]["hand_camera"]["segmentation"][0].numpy()[..., 0].astype(np.int32),
+                           nearest=True)
+        expected = twin.project_world(world, T_base_parent=T_base_hand)
+        for k, marker in enumerate(u.markers[: len(world)]):
+            v, c = np.nonzero(seg == marker.per_scene_id[0].item())
+            assert len(v) >= 3, f"marker {k} not visible"
+            seen = np.array([c.mean(), v.mean()])
+            print(f"hand marker {k}: seen {seen.round(2)} predicted {expected[k].round(2)}")
+            assert np.linalg.norm(seen - expected[k]) < 1.0
+    finally:
+        env.close()
+    from sim.maniskill.config import TaskConfig
+    from sim.maniskill.env import ManiSkillEnv, task_spec
+
+    path = str(cal.save(__import__("tempfile").mkdtemp() + "/hand.yaml"))
+    with pytest.raises(TwinError, match="needs eye_to_hand"):
+        ManiSkillEnv(TaskConfig(task="PushCube-v1", obs_mode="rgb", camera_calibration=path))
+    cfg = TaskConfig(task="PushCube-v1", obs_mode="rgb", image_size=32, hand_camera_calibration=path)
+    assert [c.name for c in task_spec(cfg).cameras] == ["base_camera", "hand_camera"]
+    env = ManiSkillEnv(cfg)  # the policy's env: both cameras, the wrist one as calibrated
+    try:
+        obs, _ = env.reset(seed=1)
+        assert sorted(obs["images"]) == ["base_camera", "hand_camera"]
+        assert obs["images"]["hand_camera"].shape == (32, 32, 3) and obs["images"]["hand_camera"].std() > 5
+    finally:
+        env.close()

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from sim.maniskill.config import TaskConfig
-from sim.maniskill.env import CAMERAS, CONTROL_HZ, check_layout, gym_kwargs, state_fields, task_spec, twin_hooks
+from sim.maniskill.env import CONTROL_HZ, cameras, check_layout, gym_kwargs, state_fields, task_spec, twin_hooks
 from sim.vector_types import ChunkResult, EpisodeStats, Obs, per_env
 
 BATCHED_BACKENDS = ("physx_cpu", "physx_cuda")
@@ -59,9 +59,9 @@ class BatchedManiSkillEnv:
         # The twin of the real robot, as ManiSkillEnv runs it: the calibrated camera (rendered, then warped through
         # its distortion on the device) and the robot's SafetyFilter per env (on the host: one copy of the
         # actions and joints per step, only where env.maniskill.safety_config is set).
-        self.twin, self.limits = twin_hooks(cfg, num_envs)
+        self.twins, self.limits = twin_hooks(cfg, num_envs)
         gpu = torch.device(device) if device is not None and cfg.sim_backend == "physx_cuda" else None
-        self.venv = _make(cfg, num_envs, gpu, self.twin)
+        self.venv = _make(cfg, num_envs, gpu, self.twins)
         self.base = self.venv.base_env
         if self.base.control_freq != CONTROL_HZ:
             raise RuntimeError(f"{cfg.task} runs at {self.base.control_freq} Hz, task_spec assumes {CONTROL_HZ}")
@@ -70,7 +70,7 @@ class BatchedManiSkillEnv:
         space = self.base.single_action_space
         self.action_low = torch.as_tensor(space.low, dtype=torch.float32, device=self.sim_device)
         self.action_high = torch.as_tensor(space.high, dtype=torch.float32, device=self.sim_device)
-        self.cameras = CAMERAS if cfg.obs_mode == "rgb" else ()
+        self.cameras = cameras(cfg)
         self.seed_streams = [np.random.default_rng([seed, i]) for i in range(num_envs)]  # as ChunkRunner's
         self.next_seeds: list[int | None] = [None] * num_envs
         self.seeds = np.zeros(num_envs, dtype=np.int64)
@@ -180,10 +180,10 @@ class BatchedManiSkillEnv:
             raw = self.copy_states(src, dst)
         if not self._checked:
             check_layout(self.cfg, raw)
-            if self.twin is not None:
+            for twin in self.twins:
                 from sim.maniskill.twin import check_base_pose
 
-                check_base_pose(self.twin, self.base.agent.robot.pose.raw_pose[0].cpu().numpy().astype(np.float64))
+                check_base_pose(twin, self.base.agent.robot.pose.raw_pose[0].cpu().numpy().astype(np.float64))
             self._checked = True
         if self.limits is not None:
             qpos = self.base.agent.robot.get_qpos().cpu().numpy().astype(np.float64)
@@ -215,8 +215,9 @@ class BatchedManiSkillEnv:
         n = self.num_envs
         state = torch.cat([self._to(raw[g][k]).reshape(n, -1).float() for g, k, _ in state_fields(self.cfg)], 1)
         images = {c: raw["sensor_data"][c]["rgb"] for c in self.cameras}
-        if self.twin is not None and self.twin.uid in images:  # warped where it was rendered, then moved
-            images[self.twin.uid] = self.twin.distort_batch(torch.as_tensor(images[self.twin.uid]))
+        for twin in self.twins:  # warped where it was rendered, then moved
+            if twin.uid in images:
+                images[twin.uid] = twin.distort_batch(torch.as_tensor(images[twin.uid]))
         return {"state": state, "images": {c: self._to(x) for c, x in images.items()}}
 
     def _to(self, x: Any) -> torch.Tensor:
@@ -226,7 +227,7 @@ class BatchedManiSkillEnv:
         return per_env(values, self.num_envs, what)
 
 
-def _make(cfg: TaskConfig, num_envs: int, device: torch.device | None, twin=None):
+def _make(cfg: TaskConfig, num_envs: int, device: torch.device | None, twins: tuple = ()):
     """ManiSkill's batched env behind its own vector wrapper (resets are ours: per-env seeds)."""
     import gymnasium as gym
     import mani_skill.envs  # noqa: F401  (registers the tasks)
@@ -235,7 +236,7 @@ def _make(cfg: TaskConfig, num_envs: int, device: torch.device | None, twin=None
     if cfg.sim_backend == "physx_cuda" and not torch.cuda.is_available():
         raise PhysXGpuMissing("sim_backend=physx_cuda needs a CUDA GPU and none is visible to torch; "
                               "use env.sim_backend=cpu (worker processes) on this machine")
-    kwargs = gym_kwargs(cfg, twin)
+    kwargs = gym_kwargs(cfg, twins)
     if device is not None and device.type == "cuda" and device.index is not None:  # this rank's GPU (torchrun)
         kwargs["sim_backend"] = f"physx_cuda:{device.index}"
         if cfg.render_backend in ("gpu", "cuda", "sapien_cuda"):

@@ -37,6 +37,7 @@ class TaskConfig:
     credit_remaining_steps: bool = True  # dense rewards: success pays the remaining steps (see ManiSkillEnv.step)
     # --- the twin of the real robot (issue 15; opt-in) ---
     camera_calibration: str | None = None  # calibration YAML: base_camera rendered as that camera (sim/maniskill/twin.py)
+    hand_camera_calibration: str | None = None  # eye-in-hand calibration YAML: adds a wrist camera (hand_camera)
     safety_config: str | None = None       # robot yaml: actions pass the deploy SafetyFilter (sim/safety_limits.py)
 
     def __post_init__(self) -> None:

@@ -25,6 +25,7 @@ ACTION_NAMES = ARM_JOINTS + ("gripper",)
 POSE = ("x", "y", "z", "qw", "qx", "qy", "qz")  # ManiSkill raw_pose: position + wxyz quaternion
 POS = ("x", "y", "z")
 CAMERAS = ("base_camera",)
+HAND_CAMERA = "hand_camera"  # with env.maniskill.hand_camera_calibration: the Panda's wrist camera (twin.py)
 CONTROL_HZ = 20  # ManiSkill's control frequency for these tasks (sim at 100 Hz); checked when an env is built
 GRIPPER_OPEN, GRIPPER_CLOSED = 1.0, -1.0  # normalised gripper action; maps to finger targets 0.04 m / -0.01 m
 
@@ -55,7 +56,7 @@ def state_names(cfg: TaskConfig) -> tuple[str, ...]:
 def task_spec(cfg: TaskConfig) -> PolicySpec:
     """The PolicySpec a policy for this task consumes and produces (no simulator needed)."""
     names = state_names(cfg)
-    cams = tuple(CameraSpec(c, cfg.image_size, cfg.image_size) for c in CAMERAS) if cfg.obs_mode == "rgb" else ()
+    cams = tuple(CameraSpec(c, cfg.image_size, cfg.image_size) for c in cameras(cfg))
     return PolicySpec(
         state_names=names,
         action_names=ACTION_NAMES,
@@ -72,16 +73,27 @@ def task_spec(cfg: TaskConfig) -> PolicySpec:
     )
 
 
-def gym_kwargs(cfg: TaskConfig, twin=None) -> dict[str, Any]:
-    """The ``gym.make(cfg.task, **kwargs)`` arguments of a task config (ManiSkillEnv and the batched env); a
+def cameras(cfg: TaskConfig) -> tuple[str, ...]:
+    """The cameras a task config observes: base_camera, plus the wrist camera with a hand camera calibration."""
+    if cfg.obs_mode != "rgb":
+        return ()
+    return CAMERAS + ((HAND_CAMERA,) if cfg.hand_camera_calibration else ())
+
+
+def gym_kwargs(cfg: TaskConfig, twins: tuple = ()) -> dict[str, Any]:
+    """The ``gym.make(cfg.task, **kwargs)`` arguments of a task config (ManiSkillEnv and the batched env); each
     CameraTwin (sim/maniskill/twin.py) overrides its camera's pose, size and intrinsics."""
     kwargs: dict[str, Any] = dict(
         obs_mode="state_dict" if cfg.obs_mode == "state" else "rgb",
         control_mode=cfg.control_mode, reward_mode=cfg.reward_mode, render_backend=cfg.render_backend,
         sim_backend=cfg.sim_backend, max_episode_steps=cfg.max_episode_steps)
+    if HAND_CAMERA in cameras(cfg):
+        from sim.maniskill.twin import HAND_ROBOT
+
+        kwargs["robot_uids"] = HAND_ROBOT  # the same Panda with a camera on its hand
     if cfg.obs_mode == "rgb":
         kwargs["sensor_configs"] = dict(width=cfg.image_size, height=cfg.image_size)
-        if twin is not None:
+        for twin in twins:
             kwargs["sensor_configs"].update(twin.sensor_configs())
     return kwargs
 
@@ -101,8 +113,8 @@ def check_layout(cfg: TaskConfig, raw: dict[str, Any]) -> None:
             raise RuntimeError(f"{cfg.task} obs {group}.{key} has {n} entries, layout expects {parts}")
     if cfg.obs_mode == "rgb":
         have = sorted(raw["sensor_data"])
-        if have != sorted(CAMERAS):
-            raise RuntimeError(f"{cfg.task} cameras {have} != expected {list(CAMERAS)}")
+        if have != sorted(cameras(cfg)):
+            raise RuntimeError(f"{cfg.task} cameras {have} != expected {list(cameras(cfg))}")
 
 
 class ManiSkillEnv:
@@ -113,11 +125,11 @@ class ManiSkillEnv:
         import mani_skill.envs  # noqa: F401  (registers the tasks)
 
         self.cfg = cfg
-        self.twin, self.limits = twin_hooks(cfg)  # issue 15: calibrated camera, robot safety limits (or None)
-        self.env = gym.make(cfg.task, **gym_kwargs(cfg, self.twin))
+        self.twins, self.limits = twin_hooks(cfg)  # issue 15: calibrated cameras, robot safety limits (or None)
+        self.env = gym.make(cfg.task, **gym_kwargs(cfg, self.twins))
         self.unwrapped = self.env.unwrapped
         self.state_names = state_names(cfg)
-        self.cameras = CAMERAS if cfg.obs_mode == "rgb" else ()
+        self.cameras = cameras(cfg)
         if self.unwrapped.control_freq != CONTROL_HZ:
             raise RuntimeError(f"{cfg.task} runs at {self.unwrapped.control_freq} Hz, task_spec assumes {CONTROL_HZ}")
         space = self.env.action_space
@@ -167,16 +179,17 @@ class ManiSkillEnv:
     def convert_obs(self, raw: dict[str, Any]) -> dict[str, Any]:
         parts = [_np(raw[group][key]).reshape(-1).astype(np.float32) for group, key, _ in state_fields(self.cfg)]
         images = {cam: _np(raw["sensor_data"][cam]["rgb"])[0] for cam in self.cameras}
-        if self.twin is not None and self.twin.uid in images:
-            images[self.twin.uid] = self.twin.distort(images[self.twin.uid])
+        for twin in self.twins:
+            if twin.uid in images:
+                images[twin.uid] = twin.distort(images[twin.uid])
         return {"state": np.concatenate(parts), "images": images}
 
     def _check_layout(self, raw: dict[str, Any]) -> None:
         check_layout(self.cfg, raw)
-        if self.twin is not None:
+        for twin in self.twins:
             from sim.maniskill.twin import check_base_pose
 
-            check_base_pose(self.twin, self.privileged()["base_pose"])
+            check_base_pose(twin, self.privileged()["base_pose"])
         self._checked = True
 
     # --- ground truth for scripted experts ------------------------------------------------------------------
@@ -197,17 +210,23 @@ class ManiSkillEnv:
 
 
 def twin_hooks(cfg: TaskConfig, num_envs: int = 1):
-    """The calibrated camera and the robot's safety limits this env runs with (issue 15), each None unless set."""
-    twin = limits = None
-    if cfg.camera_calibration:
-        from sim.maniskill.twin import CameraTwin
+    """The calibrated cameras (a tuple, empty unless set) and the robot's safety limits (None unless set) this env
+    runs with (issue 15)."""
+    twins, limits = [], None
+    for path, uid, mount in ((cfg.camera_calibration, CAMERAS[0], "eye_to_hand"),
+                             (cfg.hand_camera_calibration, HAND_CAMERA, "eye_in_hand")):
+        if path:
+            from sim.maniskill.twin import CameraTwin, TwinError
 
-        twin = CameraTwin.from_file(cfg.camera_calibration, cfg.task, cfg.image_size, cfg.image_size)
+            twin = CameraTwin.from_file(path, cfg.task, cfg.image_size, cfg.image_size, uid)
+            if twin.on_hand != (mount == "eye_in_hand"):
+                raise TwinError(f"{path}: mount {twin.calibration.mount!r}; the {uid} twin needs {mount}")
+            twins.append(twin)
     if cfg.safety_config:
         from sim.safety_limits import SimSafetyLimits
 
         limits = SimSafetyLimits.from_config(cfg.safety_config, task_spec(cfg), num_envs)
-    return twin, limits
+    return tuple(twins), limits
 
 
 def _np(x: Any) -> np.ndarray:

@@ -7,8 +7,10 @@
 or, for every ManiSkill env of the project (demos, RL, eval), the env config key
 ``env.maniskill.camera_calibration: calib/base_camera.yaml`` (sim/maniskill/config.py).
 
-The calibration gives the camera pose in the robot base frame (eye_to_hand), the intrinsics and the distortion at
-the calibration's resolution. The twin scales the intrinsics to the policy's image size (as the deploy node
+The calibration gives the camera pose in the robot base frame (eye_to_hand) or on the end effector (eye_in_hand:
+rendered by ManiSkill's `panda_wristcam` robot, whose `hand_camera` rides on its `camera_link`; the pose is
+re-expressed from the calibration's end-effector link to that link through the URDF), the intrinsics and the
+distortion at the calibration's resolution. The twin scales the intrinsics to the policy's image size (as the deploy node
 resizes real frames: pixel centres kept, `CalibrationFile.scaled`), puts the camera where the calibration says
 relative to the simulated robot base, and renders a pinhole image slightly larger than the frame (a margin that
 covers the lens distortion), which `distort` warps through the calibration's distortion model (cv2.remap) to the
@@ -31,6 +33,39 @@ from calibration.poses import inv, make_T, quat_xyzw
 ROBOT_BASE_IN_WORLD = {"PushCube-v1": (-0.615, 0.0, 0.0), "PickCube-v1": (-0.615, 0.0, 0.0)}
 # OpenCV optical frame axes expressed in SAPIEN's camera frame (x forward, y left, z up): columns = cv x, y, z
 CV_TO_SAPIEN = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
+# An eye-in-hand camera: ManiSkill's Panda with a wrist camera, the camera's uid and the link it is mounted on.
+HAND_ROBOT, HAND_CAMERA, HAND_MOUNT = "panda_wristcam", "hand_camera", "camera_link"
+
+
+def hand_urdf() -> str:
+    from mani_skill import PACKAGE_ASSET_DIR
+
+    return f"{PACKAGE_ASSET_DIR}/robots/panda/panda_v3.urdf"
+
+
+def link_offset(urdf: str, from_link: str, to_link: str) -> np.ndarray:
+    """T_from_to between two links of one rigid body (joined by fixed joints only): the same at any joint
+    configuration, checked at two. Raises TwinError for unknown or relatively moving links."""
+    import pytorch_kinematics as pk
+    import torch
+
+    from pirl_robot.safety.kinematics import _quiet_urdf_parser
+
+    with _quiet_urdf_parser():
+        chain = pk.build_chain_from_urdf(open(urdf, "rb").read()).to(dtype=torch.float64)
+    links = chain.get_link_names()
+    for name in (from_link, to_link):
+        if name not in links:
+            raise TwinError(f"link {name!r} is not in {urdf} (links: {links})")
+    offsets = []
+    for q in (torch.zeros(chain.n_joints, dtype=torch.float64), torch.full((chain.n_joints,), 0.3, dtype=torch.float64)):
+        fk = chain.forward_kinematics(q)
+        T = [fk[n].get_matrix()[0].numpy() for n in (from_link, to_link)]
+        offsets.append(inv(T[0]) @ T[1])
+    if not np.allclose(offsets[0], offsets[1], atol=1e-9):
+        raise TwinError(f"{to_link!r} moves relative to {from_link!r}: an eye-in-hand camera must be calibrated on "
+                        f"a link of the hand")
+    return offsets[0]
 
 
 class TwinError(ValueError):
@@ -42,37 +77,48 @@ class CameraTwin:
     calibration: CalibrationFile     # at the policy image size
     T_world_base: np.ndarray
     uid: str = "base_camera"
+    T_mount_camera: np.ndarray | None = None  # eye_in_hand: the optical frame in ManiSkill's camera_link frame
     margin: int = 0                  # extra pinhole pixels rendered on each side for the distortion warp
     _maps: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
     _grids: dict = field(default_factory=dict, repr=False)  # distort_batch's sampling grid per device
 
     @classmethod
-    def from_file(cls, path: str | Path, task: str, width: int, height: int, uid: str = "base_camera"
+    def from_file(cls, path: str | Path, task: str, width: int, height: int, uid: str | None = None
                   ) -> "CameraTwin":
         return cls.from_calibration(load_calibration(path), task, width, height, uid)
 
     @classmethod
-    def from_calibration(cls, cal: CalibrationFile, task: str, width: int, height: int, uid: str = "base_camera"
+    def from_calibration(cls, cal: CalibrationFile, task: str, width: int, height: int, uid: str | None = None
                          ) -> "CameraTwin":
-        if cal.mount != "eye_to_hand":
-            raise TwinError(f"the sim twin needs a fixed camera pose in the robot base frame (mount eye_to_hand); "
+        if cal.mount not in ("eye_to_hand", "eye_in_hand") or cal.T_parent_camera is None:
+            raise TwinError(f"the sim twin needs a calibrated camera pose (mount eye_to_hand or eye_in_hand); "
                             f"{cal.camera_name} has mount {cal.mount!r}")
         if task not in ROBOT_BASE_IN_WORLD:
             raise TwinError(f"no robot base pose known for task {task!r} (have {sorted(ROBOT_BASE_IN_WORLD)})")
         small = cal.scaled(width, height)
-        twin = cls(small, make_T(np.eye(3), ROBOT_BASE_IN_WORLD[task]), uid)
+        base = make_T(np.eye(3), ROBOT_BASE_IN_WORLD[task])
+        if cal.mount == "eye_in_hand":
+            T_mount_ee = link_offset(hand_urdf(), HAND_MOUNT, cal.parent_frame)
+            twin = cls(small, base, uid or HAND_CAMERA, T_mount_camera=T_mount_ee @ cal.T_parent_camera)
+        else:
+            twin = cls(small, base, uid or "base_camera")
         twin.margin = twin._distortion_margin()
         return twin
+
+    @property
+    def on_hand(self) -> bool:
+        return self.T_mount_camera is not None
 
     # --- the ManiSkill side ---------------------------------------------------------------------------------------
     @property
     def T_world_camera(self) -> np.ndarray:
-        """The OpenCV optical frame in the ManiSkill world frame."""
+        """The OpenCV optical frame in the ManiSkill world frame (a fixed camera)."""
         return self.T_world_base @ self.calibration.T_base_camera
 
     def sensor_configs(self) -> dict:
-        """gym.make(..., sensor_configs=...) entry overriding this camera (pose, size, intrinsics)."""
-        T = self.T_world_camera
+        """gym.make(..., sensor_configs=...) entry overriding this camera (pose, size, intrinsics); an eye-in-hand
+        camera's pose is relative to the link it is mounted on."""
+        T = self.T_mount_camera if self.on_hand else self.T_world_camera
         R = T[:3, :3] @ CV_TO_SAPIEN.T  # SAPIEN camera axes in the world
         x, y, z, w = quat_xyzw(R)
         K = self.calibration.K.copy()
@@ -111,11 +157,12 @@ class CameraTwin:
                             align_corners=True)
         return out.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
-    def project_world(self, points_world: np.ndarray) -> np.ndarray:
-        """(N, 3) world points -> (N, 2) pixels, as the calibration predicts them (distortion included)."""
-        pts = (inv(self.T_world_base) @ np.c_[np.asarray(points_world, dtype=np.float64), np.ones(len(points_world))
-                                              ].T).T[:, :3]
-        return self.calibration.project(pts)
+    def project_world(self, points_world: np.ndarray, T_base_parent: np.ndarray | None = None) -> np.ndarray:
+        """(N, 3) world points -> (N, 2) pixels, as the calibration predicts them (distortion included). An
+        eye-in-hand camera needs its parent link's pose in the robot base frame (the arm's FK at that moment)."""
+        T_world_parent = self.T_world_base if not self.on_hand else self.T_world_base @ T_base_parent
+        pts = np.c_[np.asarray(points_world, dtype=np.float64), np.ones(len(points_world))]
+        return self.calibration.project((inv(T_world_parent) @ pts.T).T[:, :3])
 
     # --- internals ------------------------------------------------------------------------------------------------
     def _undistorted(self, pixels: np.ndarray) -> np.ndarray:
