@@ -104,12 +104,14 @@ def clip_by_priority(v_des: np.ndarray, intervals: list[tuple[str, np.ndarray, n
         # [lo, hi] intersected with [ilo, ihi]; if they are disjoint, the end of [lo, hi] nearest to it
         lo, hi = np.minimum(np.maximum(ilo, lo), hi), np.maximum(np.minimum(ihi, hi), lo)
     v = np.minimum(np.maximum(v_des, lo), hi)
+    if all_of(v == v_des):  # the common tick: nothing clipped, so nothing bound (the test below finds no hit)
+        return v, {}
     tol = 1e-12 * (1.0 + np.abs(v))
     his = np.array([i[2] for i in intervals])
     los = np.array([i[1] for i in intervals])
     hit = (((v_des > v + tol) & (np.abs(v - his) <= tol)) | ((v_des < v - tol) & (np.abs(v - los) <= tol)))
     binding: dict[str, np.ndarray] = {}
-    if not any_of(hit):  # the common tick: nothing bound
+    if not any_of(hit):  # clipped within rounding only
         return v, binding
     for (name, _, _), mask in zip(intervals, hit):
         binding[name] = binding[name] | mask if name in binding else mask
