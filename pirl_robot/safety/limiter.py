@@ -23,7 +23,7 @@ def any_of(x: np.ndarray) -> bool:
 
 def all_of(x: np.ndarray) -> bool:
     """x.all(), as cheaply as any_of."""
-    return np.count_nonzero(x) == np.size(x)
+    return np.count_nonzero(x) == x.size
 
 
 def stopping_travel(v: np.ndarray, accel: np.ndarray, period: float) -> np.ndarray:
