@@ -79,12 +79,15 @@ class StateAssembler:
         names = tuple(joints.names)
         pos, pos_missing = name_index(names, self._pos_joints)
         vel, vel_missing = name_index(names, self._vel_joints)
-        if pos_missing or vel_missing or (len(vel) and joints.velocity is None):
+        unfilled = pos_missing or vel_missing or (len(pos) and joints.position is None) \
+            or (len(vel) and joints.velocity is None)
+        if unfilled:
             index = {n: k for k, n in enumerate(joints.names)}
             for i, joint, what in self.from_joints:  # the first entry that cannot be filled, in state order
                 if joint not in index or (joints.position if what == "position" else joints.velocity) is None:
                     raise StaleInputError(f"joint state lacks {what} of {joint!r}")
-        state[self._pos_at] = np.asarray(joints.position)[pos]
+        if len(pos):
+            state[self._pos_at] = np.asarray(joints.position)[pos]
         if len(vel):
             state[self._vel_at] = np.asarray(joints.velocity)[vel]
         for i, name in self.from_task:
