@@ -215,6 +215,55 @@ def test_ros2_control_arm_staleness():
         stop()
 
 
+def test_ros2_control_arm_sends_each_command_as_given():
+    """The driver refills one message per send: every command arrives with its own values, in order, for both
+    command interfaces (float32 input and a strided view included)."""
+    from rclpy.node import Node
+    from std_msgs.msg import Float64MultiArray
+    from trajectory_msgs.msg import JointTrajectory
+
+    from pirl_robot.drivers.arms.ros2_control import Ros2ControlArm
+    from pirl_robot.drivers.ros_msgs import qos
+
+    ctx = ros_context(free_domain_id())
+    node, listener = Node("arm_writer", context=ctx), Node("controller", context=ctx)
+    arms = {"trajectory": Ros2ControlArm(node, ("a", "b", "c"), "/js", "/jtc", "trajectory", 0.05),
+            "position": Ros2ControlArm(node, ("a", "b", "c"), "/js2", "/fpc", "position")}
+    got = {"trajectory": [], "position": []}
+    listener.create_subscription(JointTrajectory, "/jtc", got["trajectory"].append, qos("reliable", 100))
+    listener.create_subscription(Float64MultiArray, "/fpc", got["position"].append, qos("reliable", 100))
+    for arm in arms.values():
+        arm.connect()
+    stop = spin_in_thread([node, listener], ctx)
+    rng = np.random.default_rng(0)
+    sent = [rng.normal(size=3) for _ in range(20)]
+    sent[3] = sent[3].astype(np.float32)
+    sent[4] = np.arange(6.0)[::2]
+    try:
+        for kind, arm in arms.items():
+            t = time.monotonic()
+            while not got[kind] and time.monotonic() - t < 10:  # until the subscription is matched
+                arm.send(np.zeros(3))
+                time.sleep(0.05)
+            time.sleep(0.2)
+            got[kind].clear()
+            for c in sent:
+                arm.send(c)
+                time.sleep(0.005)
+            t = time.monotonic()
+            while len(got[kind]) < len(sent) and time.monotonic() - t < 10:
+                time.sleep(0.01)
+    finally:
+        stop()
+    for c, m in zip(sent, got["trajectory"], strict=True):
+        assert list(m.joint_names) == ["a", "b", "c"] and len(m.points) == 1
+        assert m.header.stamp.sec == 0 and m.header.stamp.nanosec == 0  # "start now"
+        assert m.points[0].time_from_start.nanosec == 50_000_000
+        np.testing.assert_array_equal(np.array(m.points[0].positions), np.asarray(c, dtype=np.float64))
+    for c, m in zip(sent, got["position"], strict=True):
+        np.testing.assert_array_equal(np.array(m.data), np.asarray(c, dtype=np.float64))
+
+
 def test_maniskill_arm_units():
     from pirl_robot.drivers.arms.maniskill_arm import finger_to_gripper, gripper_to_finger
 

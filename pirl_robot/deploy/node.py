@@ -194,8 +194,8 @@ class DeployNode(LifecycleNode):
             safety.driver(True)
             events_pub = self.create_publisher(String, "~/safety_events", qos("reliable", 50))
             stack.callback(self.destroy_publisher, events_pub)
-            loop.publish_events = lambda events: [events_pub.publish(String(data=json.dumps(e, default=float)))
-                                                  for e in events]
+            to_json = json.JSONEncoder(default=float).encode  # json.dumps(e, default=float), encoder built once
+            loop.publish_events = lambda events: [events_pub.publish(String(data=to_json(e))) for e in events]
             diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
             stack.callback(self.destroy_publisher, diag_pub)
             estop_sub = self.create_subscription(Bool, p["estop_topic"], self._on_estop_msg, qos("reliable", 10))

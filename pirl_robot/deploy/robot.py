@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from pirl_robot.drivers.arms.base import JointSample
+from pirl_robot.drivers.arms.base import JointSample, name_index
 from pirl_robot.drivers.cameras.factory import parse_camera_source
 from pirl_robot.spec import CameraSpec, PolicySpec
 
@@ -64,6 +64,11 @@ class StateAssembler:
                 self.from_joints.append((i, n[5:], "velocity"))
             else:
                 self.from_task.append((i, n))
+        # the same, as index arrays: state[at] = position[index of joint] (and velocities)
+        self._pos_at = np.array([i for i, _, what in self.from_joints if what == "position"], dtype=np.intp)
+        self._pos_joints = tuple(j for _, j, what in self.from_joints if what == "position")
+        self._vel_at = np.array([i for i, _, what in self.from_joints if what == "velocity"], dtype=np.intp)
+        self._vel_joints = tuple(j for _, j, what in self.from_joints if what == "velocity")
 
     @property
     def needs_task_state(self) -> bool:
@@ -71,12 +76,20 @@ class StateAssembler:
 
     def build(self, joints: JointSample, task: dict[str, float] | None) -> np.ndarray:
         state = np.empty(len(self.names), dtype=np.float32)
-        index = {n: k for k, n in enumerate(joints.names)}
-        for i, joint, what in self.from_joints:
-            src = joints.position if what == "position" else joints.velocity
-            if joint not in index or src is None:
-                raise StaleInputError(f"joint state lacks {what} of {joint!r}")
-            state[i] = src[index[joint]]
+        names = tuple(joints.names)
+        pos, pos_missing = name_index(names, self._pos_joints)
+        vel, vel_missing = name_index(names, self._vel_joints)
+        unfilled = pos_missing or vel_missing or (len(pos) and joints.position is None) \
+            or (len(vel) and joints.velocity is None)
+        if unfilled:
+            index = {n: k for k, n in enumerate(joints.names)}
+            for i, joint, what in self.from_joints:  # the first entry that cannot be filled, in state order
+                if joint not in index or (joints.position if what == "position" else joints.velocity) is None:
+                    raise StaleInputError(f"joint state lacks {what} of {joint!r}")
+        if len(pos):
+            state[self._pos_at] = np.asarray(joints.position)[pos]
+        if len(vel):
+            state[self._vel_at] = np.asarray(joints.velocity)[vel]
         for i, name in self.from_task:
             if task is None or name not in task:
                 raise StaleInputError(f"task state lacks {name!r}")
@@ -102,6 +115,9 @@ class CommandMap:
     scale: np.ndarray
     offset: np.ndarray
 
+    def __post_init__(self):
+        object.__setattr__(self, "_inverse_scale", np.where(self.scale == 0, 1.0, self.scale))  # 0: entry unscaled
+
     @classmethod
     def from_params(cls, p: dict) -> "CommandMap":
         names = tuple(p["command_names"] or p["action_names"])
@@ -116,4 +132,4 @@ class CommandMap:
         return np.asarray(action, dtype=np.float64) * self.scale + self.offset
 
     def inverse(self, command: np.ndarray) -> np.ndarray:
-        return (np.asarray(command, dtype=np.float64) - self.offset) / np.where(self.scale == 0, 1.0, self.scale)
+        return (np.asarray(command, dtype=np.float64) - self.offset) / self._inverse_scale

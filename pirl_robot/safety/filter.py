@@ -31,6 +31,7 @@ from typing import Any, Callable
 import numpy as np
 
 from pirl_robot.safety import limiter
+from pirl_robot.safety.limiter import all_of, any_of
 from pirl_robot.safety.config import SafetyConfig
 from pirl_robot.safety.events import EventBus, SafetyEvent, as_vector
 from pirl_robot.safety.kinematics import EndEffectorFK
@@ -167,7 +168,7 @@ class SafetyFilter:
 
     @property
     def at_rest(self) -> bool:
-        return not self._v.any()
+        return not any_of(self._v)
 
     # --- the control tick ---------------------------------------------------------------------------------------
     @_locked
@@ -204,10 +205,10 @@ class SafetyFilter:
         v = as_vector(x)
         if v is None or np.shape(x) != (self.n,):
             return None, f"joint state of shape {np.shape(x)}, expected ({self.n},)"
-        if not np.isfinite(v).all():
+        if not all_of(np.isfinite(v)):
             return None, f"joint state has NaN/inf in {self._names(~np.isfinite(v))}"
         far = (v < self.reject_lo) | (v > self.reject_hi)
-        if far.any():
+        if any_of(far):
             return None, f"joint state far outside the limits in {self._names(far)}"
         return v, ""
 
@@ -220,15 +221,15 @@ class SafetyFilter:
             return None, ("bad_command", f"command of shape {what}, "
                                          f"expected ({self.n},) = {list(self.names)}")
         bad = ~np.isfinite(x)
-        if bad.any():
+        if any_of(bad):
             return None, ("bad_command", f"NaN/inf in {self._names(bad)}")
         far = (x < self.reject_lo) | (x > self.reject_hi)
-        if far.any():
+        if any_of(far):
             return None, ("command_out_of_range", f"{self._names(far)} beyond the limits by more than "
                                                   f"{self.cfg.reject_beyond:g} x their range")
-        target = np.clip(x, self.soft_lo, self.soft_hi)
+        target = np.minimum(np.maximum(x, self.soft_lo), self.soft_hi)  # np.clip, without its Python layers
         clamped = target != x
-        if clamped.any():
+        if any_of(clamped):
             self._pending.append(("position_limit", f"clamped to the soft limits: {self._names(clamped)}"))
         return target, None
 
@@ -269,7 +270,7 @@ class SafetyFilter:
         if starting:
             # arm joints only: the gripper's ramp need not end for the arm to leave the start (the gripper stays
             # inside its own range, speed and step limits all along)
-            if (np.abs(self._q[: self.n_arm] - target[: self.n_arm]) <= self._arm_tolerance).all():
+            if all_of(np.abs(self._q[: self.n_arm] - target[: self.n_arm]) <= self._arm_tolerance):
                 self._set_mode(Mode.RUNNING, "start_done", "caught up with the policy")
             return
         for name, mask in binding.items():  # only the limits that bound
@@ -279,7 +280,7 @@ class SafetyFilter:
         """The command if it and its full braking stop keep the end effector in the box, else a scaled-back one,
         else braking (which follows the stop checked on the previous tick, so it is always inside)."""
         plan = limiter.braking_plan(self._q + v * self.period, v, self.amax, self.period)
-        if self.workspace.proven_inside(plan[:, : self.n_arm]).all():
+        if all_of(self.workspace.proven_inside(plan[:, : self.n_arm])):
             return v  # the common case: far enough inside, no FK call
         # at most one FK call per tick: every candidate's stop at once, plus where the arm is heading
         v_brake = limiter.braking_velocity(self._v, self.amax, self.period)
@@ -301,7 +302,7 @@ class SafetyFilter:
         return self.workspace.inside(q[:, : self.n_arm])
 
     def _advance(self, v: np.ndarray) -> None:
-        q = np.clip(self._q + v * self.period, self.hard_lo, self.hard_hi)  # guard against rounding only
+        q = np.minimum(np.maximum(self._q + v * self.period, self.hard_lo), self.hard_hi)  # rounding guard only
         v_new = (q - self._q) / self.period  # braking ends on exact zeros (limiter.braking_velocity)
         self._a = (v_new - self._v) / self.period
         self._q, self._v = q, v_new

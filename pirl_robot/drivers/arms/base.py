@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from dataclasses import dataclass
@@ -35,11 +36,20 @@ class JointSample:
         src = self.position if what == "position" else self.velocity
         if src is None:
             raise ArmError(f"joint state carries no {what}")
-        idx = {n: i for i, n in enumerate(self.names)}
-        missing = [n for n in names if n not in idx]
+        idx, missing = name_index(tuple(self.names), tuple(names))
         if missing:
-            raise ArmError(f"joint state lacks {missing} (has {list(self.names)})")
-        return np.array([src[idx[n]] for n in names], dtype=np.float64)
+            raise ArmError(f"joint state lacks {list(missing)} (has {list(self.names)})")
+        return np.asarray(src, dtype=np.float64)[idx]
+
+
+@functools.lru_cache(maxsize=256)
+def name_index(have: tuple[str, ...], want: tuple[str, ...]) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Where each of `want` is in `have` (a joint state's names; the last of duplicates), and those `have` lacks.
+    Cached: a driver's names do not change between messages, and the control tick asks every period."""
+    at = {n: i for i, n in enumerate(have)}
+    idx = np.array([at.get(n, -1) for n in want], dtype=np.intp)
+    idx.flags.writeable = False
+    return idx, tuple(n for n in want if n not in at)
 
 
 class Arm:

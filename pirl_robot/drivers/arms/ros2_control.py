@@ -3,6 +3,8 @@ controller (trajectory_msgs/JointTrajectory) or a forward position controller (s
 
 from __future__ import annotations
 
+import array
+import threading
 import time
 
 import numpy as np
@@ -41,6 +43,8 @@ class Ros2ControlArm(Arm):
         self.interface, self.time_from_start_s, self.state_qos = interface, time_from_start_s, state_qos
         self._sub = self._pub = None
         self.last_msg_time: float | None = None
+        self._msg = None  # the command message, built once (names, time_from_start) and refilled by each send
+        self._send_lock = threading.Lock()  # one send at a time fills and publishes it
 
     def connect(self) -> None:
         from sensor_msgs.msg import JointState
@@ -49,8 +53,11 @@ class Ros2ControlArm(Arm):
 
         self._sub = self.node.create_subscription(JointState, self.joint_states_topic, self._on_joint_state,
                                                   qos(self.state_qos, depth=5))
-        mtype = JointTrajectory if self.interface == "trajectory" else Float64MultiArray
-        self._pub = self.node.create_publisher(mtype, self.command_topic, qos("reliable", depth=5))
+        if self.interface == "trajectory":
+            self._msg = trajectory_msg(self.command_names, [0.0] * len(self.command_names), self.time_from_start_s)
+        else:
+            self._msg = Float64MultiArray()
+        self._pub = self.node.create_publisher(type(self._msg), self.command_topic, qos("reliable", depth=5))
         super().connect()
 
     def _on_joint_state(self, msg) -> None:
@@ -69,12 +76,13 @@ class Ros2ControlArm(Arm):
         if not self._connected:
             raise ArmError("ros2_control arm is not connected")
         t = self._check_targets(targets)
-        if self.interface == "trajectory":
-            self._pub.publish(trajectory_msg(self.command_names, t, self.time_from_start_s))
-        else:
-            from std_msgs.msg import Float64MultiArray
-
-            self._pub.publish(Float64MultiArray(data=[float(x) for x in t]))
+        values = array.array("d", t.tobytes())  # float64 as is: the message's own type, no per-entry check
+        with self._send_lock:  # publish serializes the message at once: it can be refilled by the next send
+            if self.interface == "trajectory":
+                self._msg.points[0].positions = values
+            else:
+                self._msg.data = values
+            self._pub.publish(self._msg)
         return t
 
     def disconnect(self) -> None:
