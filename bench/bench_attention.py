@@ -23,8 +23,8 @@ KERNELS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "efficient": SDPBackend.EFFICIEN
 
 
 def parse() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n".join(__doc__.split("\n")[1:4]))
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog="\n".join(__doc__.split("\n")[1:4]))
     p.add_argument("--batch", type=int, nargs="+", default=[1, 64])
     p.add_argument("--calls", type=int, default=20, help="calls per captured graph")
     p.add_argument("--replays", type=int, default=20)

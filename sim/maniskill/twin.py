@@ -10,8 +10,8 @@ or, for every ManiSkill env of the project (demos, RL, eval), the env config key
 The calibration gives the camera pose in the robot base frame (eye_to_hand) or on the end effector (eye_in_hand:
 rendered by ManiSkill's `panda_wristcam` robot, whose `hand_camera` rides on its `camera_link`; the pose is
 re-expressed from the calibration's end-effector link to that link through the URDF), the intrinsics and the
-distortion at the calibration's resolution. The twin scales the intrinsics to the policy's image size (as the deploy node
-resizes real frames: pixel centres kept, `CalibrationFile.scaled`), puts the camera where the calibration says
+distortion at the calibration's resolution. The twin scales the intrinsics to the policy's image size (as the deploy
+node resizes real frames: pixel centres kept, `CalibrationFile.scaled`), puts the camera where the calibration says
 relative to the simulated robot base, and renders a pinhole image slightly larger than the frame (a margin that
 covers the lens distortion), which `distort` warps through the calibration's distortion model (cv2.remap) to the
 frame the real camera would deliver. ManiSkill cameras look along +x with +z up; OpenCV's along +z with +y down.
@@ -52,14 +52,14 @@ def link_offset(urdf: str, from_link: str, to_link: str) -> np.ndarray:
     from pirl_robot.safety.kinematics import _quiet_urdf_parser
 
     with _quiet_urdf_parser():
-        chain = pk.build_chain_from_urdf(open(urdf, "rb").read()).to(dtype=torch.float64)
+        chain = pk.build_chain_from_urdf(Path(urdf).read_bytes()).to(dtype=torch.float64)
     links = chain.get_link_names()
     for name in (from_link, to_link):
         if name not in links:
             raise TwinError(f"link {name!r} is not in {urdf} (links: {links})")
     offsets = []
-    for q in (torch.zeros(chain.n_joints, dtype=torch.float64), torch.full((chain.n_joints,), 0.3, dtype=torch.float64)):
-        fk = chain.forward_kinematics(q)
+    for value in (0.0, 0.3):
+        fk = chain.forward_kinematics(torch.full((chain.n_joints,), value, dtype=torch.float64))
         T = [fk[n].get_matrix()[0].numpy() for n in (from_link, to_link)]
         offsets.append(inv(T[0]) @ T[1])
     if not np.allclose(offsets[0], offsets[1], atol=1e-9):
@@ -119,7 +119,7 @@ class CameraTwin:
         """gym.make(..., sensor_configs=...) entry overriding this camera (pose, size, intrinsics); an eye-in-hand
         camera's pose is relative to the link it is mounted on."""
         T = self.T_mount_camera if self.on_hand else self.T_world_camera
-        R = T[:3, :3] @ CV_TO_SAPIEN.T  # SAPIEN camera axes in the world
+        R = T[:3, :3] @ CV_TO_SAPIEN.T  # SAPIEN camera axes in the world (eye-in-hand: in the mount link)
         x, y, z, w = quat_xyzw(R)
         K = self.calibration.K.copy()
         # SAPIEN puts pixel centres at +0.5 (measured: -0.5 px in both axes on every marker without the shift);
