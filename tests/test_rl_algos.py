@@ -133,3 +133,126 @@ def test_flow_sde_and_flow_noise_ppo_improve_a_known_objective():
     for mode in ("mixed", "noise"):
         before, after = _ppo_on_a_known_objective(mode)
         assert after > before + 0.2, (mode, before, after)
+
+
+# --- the algorithms' own collect-side and loss code on a real (tiny) policy, no simulator ----------------------
+
+def _tiny_policy(seed: int = 0):
+    from pirl_robot.models.factory import build_model
+    from pirl_robot.policy import Policy
+    from pirl_robot.spec import PolicySpec
+    from pirl_robot.transforms import PolicyTransforms, Stats
+
+    spec = PolicySpec(state_names=("j0", "j1", "obj_x", "obj_y"), action_names=("j0", "j1", "gripper"),
+                      action_state_index=(0, 1, -1), chunk_size=4, exec_horizon=4)
+    torch.manual_seed(seed)
+    model = build_model("flow_mlp", {"hidden": 32, "token_dim": 8, "obs_dim": 16}, spec)
+    stats = PolicyTransforms(spec, Stats(torch.zeros(4), torch.ones(4)), Stats(torch.zeros(3), torch.ones(3)))
+    return Policy(spec=spec, model=model.eval(), transforms=stats)
+
+
+def _episode_rollout(policy, states: torch.Tensor, chunks: int, cfg: ChainConfig, seed: int = 0):
+    """Rows of `chunks` chunk decisions of len(states) episodes (episode i starts from states[i]), sampled by the
+    rollout path (rollout.act) and stacked as collect_episodes does: chunk-major, env_of_row set."""
+    from pirl_robot.rl.rollout import Rollout, _stack, act
+
+    gen = torch.Generator().manual_seed(seed)
+    n = states.shape[0]
+    records = [act(policy, {"state": states + 0.1 * c}, cfg, gen)[0] for c in range(chunks)]
+    s = _stack(records)
+    m = s["logp"].shape[0]
+    zeros = torch.zeros(m)
+    return Rollout(**s, advantages=zeros, returns=zeros.clone(), labels=zeros.clone(),
+                   env_of_row=torch.arange(n).repeat(chunks))
+
+
+def _grad(policy, loss) -> torch.Tensor:
+    params = list(policy.model.policy_parameters())  # the noise net's are unused by Flow-SDE chains
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    return torch.cat([(torch.zeros_like(p) if g is None else g).flatten() for p, g in zip(params, grads)])
+
+
+def test_grpo_dropped_groups_carry_no_gradient_and_enter_no_normalisation():
+    from pirl_robot.rl.algorithms import SKIPPED, AlgoConfig, GRPO
+
+    policy = _tiny_policy()
+    chain = ChainConfig(num_steps=4, mode="mixed", noise_level=1.0, first_stochastic_step=3)
+    cfg = AlgoConfig(kind="grpo", chain=chain, group_size=4, group_reward="success")
+    # three groups of 4 episodes: 2/4 solved (kept), 4/4 solved (dropped: no signal), 1/4 solved (kept)
+    succ = [True, False, False, True] + [True] * 4 + [True, False, False, False]
+    states = torch.randn(4, 4).repeat_interleave(4, 0)[:12]  # a group shares its initial state
+    stats = [{"success": s, "return": float(i)} for i, s in enumerate(succ)]
+    full = GRPO(cfg).informative(_episode_rollout(policy, states, 3, chain), stats)
+    assert len(full) == 8 * 3 and set(full.env_of_row.tolist()) == {0, 1, 2, 3, 8, 9, 10, 11}
+    # the same kept episodes (same chains: the sampler draws in the same order) without the dropped group
+    rows = _episode_rollout(policy, states, 3, chain)
+    without = rows.select(~torch.isin(rows.env_of_row, torch.arange(4, 8)))
+    without.env_of_row = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7] * 3)
+    alone = GRPO(cfg).informative(without, stats[:4] + stats[8:])
+    torch.testing.assert_close(full.advantages, alone.advantages)
+    # the kept groups' advantages are their own z-scores: 2/4 -> +-1; 1/4 -> +sqrt(3), -1/sqrt(3)
+    torch.testing.assert_close(full.advantages[:8], torch.tensor([1.0, -1, -1, 1, 3**0.5, -(3**-0.5), -(3**-0.5),
+                                                                  -(3**-0.5)]), atol=1e-4, rtol=0)
+    algo = GRPO(cfg)
+    idx = torch.arange(len(full))
+    loss_full, _ = algo.loss(policy, full, idx)
+    loss_alone, _ = algo.loss(policy, alone, idx)
+    g_full, g_alone = _grad(policy, loss_full), _grad(policy, loss_alone)
+    torch.testing.assert_close(g_full, g_alone)
+    assert g_full.abs().sum() > 0
+    # no informative group at all: nothing to learn, the minibatch is skipped
+    none = GRPO(cfg).informative(_episode_rollout(policy, states, 3, chain), [{"success": True, "return": 0.0}] * 12)
+    assert len(none) == 36 and not none.keep.any()
+    assert GRPO(cfg).loss(policy, none, torch.arange(36))[1][SKIPPED]
+
+
+def test_stepnft_trains_only_the_stochastic_steps_it_rolled_out():
+    from pirl_robot.rl.algorithms import StepNFT
+
+    policy = _tiny_policy()
+    gen = torch.Generator().manual_seed(0)
+    last = _episode_rollout(policy, torch.randn(16, 4), 2, ChainConfig(mode="sde", noise_level=1.0,
+                                                                      first_stochastic_step=3))
+    assert (StepNFT.training_steps(last, gen) == 3).all()  # the earlier steps were ODE steps
+    every = _episode_rollout(policy, torch.randn(64, 4), 2, ChainConfig(mode="sde", noise_level=0.2))
+    assert set(StepNFT.training_steps(every, gen).tolist()) == {0, 1, 2, 3}
+
+
+def test_stepnft_update_lowers_the_positive_branch_on_success_and_the_negative_on_failure():
+    from pirl_robot.flow.steps import time_grid
+    from pirl_robot.rl.algorithms import AlgoConfig, StepNFT
+
+    policy = _tiny_policy()
+    k, a = 4, 1.0
+    cfg = AlgoConfig(kind="stepnft", chain=ChainConfig(num_steps=k, mode="sde", noise_level=a, first_stochastic_step=3),
+                     stepnft=StepNFTConfig(noise_level=a))
+    rollout = _episode_rollout(policy, torch.randn(32, 4), 2, cfg.chain)
+    success = torch.rand(32, generator=torch.Generator().manual_seed(1)) < 0.5
+    rollout.labels = torch.where(success, 1.0, -1.0)[rollout.env_of_row]
+    rollout.step = StepNFT.training_steps(rollout, torch.Generator().manual_seed(0))
+    rows = torch.arange(len(rollout))
+    x_t, x_next = rollout.xs[rows, rollout.step], rollout.xs[rows, rollout.step + 1]
+    t, v_old = time_grid(k)[rollout.step], rollout.velocities[rows, rollout.step]
+
+    def energies():
+        with torch.no_grad():
+            v, _ = policy.model.velocity(policy.encode(rollout.batch(rows)), x_t, t)
+            return stepnft_energies(v, v_old, x_t, x_next, t, 1.0 / k, cfg.stepnft)
+
+    e_plus, e_minus = energies()
+    torch.testing.assert_close(e_plus, e_minus)  # the rollout policy itself: both branches are v_old
+    algo = StepNFT(cfg)
+    opt = torch.optim.AdamW(policy.model.policy_parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.01)
+    loss, stats = algo.loss(policy, rollout, rows)
+    assert stats["rank_loss"] > 0
+    opt.zero_grad()
+    loss.backward()
+    opt.step()  # one real optimizer step on every row
+    after_plus, after_minus = energies()
+    pos, neg = rollout.labels > 0, rollout.labels < 0
+    # successful transitions: the + branch explains them better; failed ones: the - branch does (first-order
+    # moves of one Adam step: small, but of a definite sign)
+    assert after_plus[pos].mean() < e_plus[pos].mean()
+    assert after_minus[neg].mean() < e_minus[neg].mean()
+    assert after_minus[pos].mean() > e_minus[pos].mean() and after_plus[neg].mean() > e_plus[neg].mean()
+    assert algo.loss(policy, rollout, rows)[0] < loss

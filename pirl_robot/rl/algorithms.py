@@ -33,7 +33,9 @@ class AlgoConfig:
     chunks_per_env: int = 16  # PPO: chunk decisions per env per iteration
     group_size: int = 8  # GRPO
     group_shared_noise: bool = False  # GRPO: a group shares its initial chain noise (see collect_episodes)
-    min_group_success: float = 0.1
+    # GRPO's episode reward: "success" (πRL: 1 if the episode succeeded, else 0) or "return" (the env's, shaped)
+    group_reward: str = "success"
+    min_group_success: float = 0.1  # groups whose success rate lies outside [min, max] are dropped
     max_group_success: float = 0.9
     update_epochs: int = 4
     minibatch_size: int = 256
@@ -54,6 +56,8 @@ class AlgoConfig:
         if self.kind == "stepnft" and abs(self.chain.noise_level - self.stepnft.noise_level) > 1e-9:
             raise ValueError(f"π-StepNFT's branch energies must use the rollout's noise level: chain.noise_level="
                              f"{self.chain.noise_level} != stepnft.noise_level={self.stepnft.noise_level}")
+        if self.group_reward not in ("success", "return"):
+            raise ValueError(f"group_reward must be 'success' or 'return', got {self.group_reward!r}")
         if self.lr_schedule not in ("constant", "linear"):
             raise ValueError(f"lr_schedule must be 'constant' or 'linear', got {self.lr_schedule!r}")
         if self.kind in ("ppo", "grpo") and self.chain.mode == "ode":
@@ -138,42 +142,61 @@ class PPO(Algorithm):
 
 
 class GRPO(Algorithm):
+    """Critic-free: G episodes per initial state; an episode's advantage is its reward relative to its group's
+    (mean and std over the group). Groups outside the success band are dropped before minibatching, so every
+    minibatch holds informative rows only and no dropped row enters a loss or a normalisation."""
+
+    kept_frac = 1.0  # share of the last round's rows in informative groups
+
     def collect(self, ctx: CollectContext) -> Rollout:
         c = self.cfg
         seeds = _episode_seeds(ctx, c.group_size)
         rollout, stats = collect_episodes(ctx.policy, ctx.env, seeds, c.chain, ctx.generator, ctx.max_chunks,
                                           c.group_size if c.group_shared_noise else 1)
+        return self.informative(rollout, stats)
+
+    def informative(self, rollout: Rollout, stats: list[dict]) -> Rollout:
+        """Group advantages of one round of episodes (stats in env order, groups of consecutive envs) and the
+        rows of the informative groups only."""
+        c = self.cfg
         dev = rollout.logp.device
-        returns = torch.tensor([s["return"] for s in stats], device=dev)
         success = torch.tensor([s["success"] for s in stats], device=dev)
+        reward = success.float() if c.group_reward == "success" else torch.tensor([s["return"] for s in stats],
+                                                                                   device=dev)
         groups = torch.arange(len(stats), device=dev) // c.group_size
-        ep_adv, keep = group_advantages(returns, groups, success, c.min_group_success, c.max_group_success)
+        ep_adv, keep = group_advantages(reward, groups, success, c.min_group_success, c.max_group_success)
         rollout.advantages = ep_adv[rollout.env_of_row]
         rollout.keep = keep[rollout.env_of_row]
-        return rollout
+        self.kept_frac = float(rollout.keep.float().mean())
+        # no informative group: the rollout stays whole and every minibatch is skipped (DDP ranks still step)
+        return rollout.select(rollout.keep) if bool(rollout.keep.any()) else rollout
 
     def loss(self, policy, rollout, idx):
         kept = idx[rollout.keep[idx]]
         if len(kept) == 0:  # no informative group in this minibatch: a zero loss that still runs the model
             ctx = policy.encode(rollout.batch(idx[:1]))
             out = chain_log_prob(policy.model, ctx, rollout.chain(idx[:1]), self.cfg.chain)
-            return 0.0 * out["logp"].sum(), {SKIPPED: True, "kept_frac": float(rollout.keep.float().mean())}
+            return 0.0 * out["logp"].sum(), {SKIPPED: True, "kept_frac": self.kept_frac}
         ctx = policy.encode(rollout.batch(kept))
         out = chain_log_prob(policy.model, ctx, rollout.chain(kept), self.cfg.chain)
         pg, stats = ppo_policy_loss(out["logp"], rollout.logp[kept], rollout.advantages[kept], self.cfg.ppo)
         loss = pg - self.cfg.ppo.entropy_coef * out["entropy"].mean()
-        return loss, {**stats, "policy_loss": pg.item(), "kept_frac": float(rollout.keep.float().mean())}
+        return loss, {**stats, "policy_loss": pg.item(), "kept_frac": self.kept_frac}
 
 
 class StepNFT(Algorithm):
     def collect(self, ctx: CollectContext) -> Rollout:
         seeds = ctx.next_seeds(ctx.env.num_envs)
         rollout, _ = collect_episodes(ctx.policy, ctx.env, seeds, self.cfg.chain, ctx.generator, ctx.max_chunks)
-        # One random denoising step per chunk sample is the training transition.
-        k = self.cfg.chain.num_steps
-        rollout.step = torch.randint(0, k, (len(rollout),), generator=ctx.generator,
-                                     device=ctx.generator.device).to(rollout.logp.device)
+        rollout.step = self.training_steps(rollout, ctx.generator)
         return rollout
+
+    @staticmethod
+    def training_steps(rollout: Rollout, generator: torch.Generator) -> torch.Tensor:
+        """The training transition of each row: one random stochastic (SDE) step of its chain. Steps before
+        chain.first_stochastic_step were ODE steps, deterministic: no SDE energy describes them."""
+        weights = rollout.stochastic.float().to(generator.device)
+        return torch.multinomial(weights, 1, generator=generator).squeeze(1).to(rollout.logp.device)
 
     def loss(self, policy, rollout, idx):
         c = self.cfg

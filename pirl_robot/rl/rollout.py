@@ -100,6 +100,17 @@ class Rollout:
         return Chain(xs=self.xs[idx], stochastic=self.stochastic[idx], velocities=self.velocities[idx],
                      logp=self.logp[idx], feats_mean=self.feats_mean[idx])
 
+    def select(self, rows: torch.Tensor) -> "Rollout":
+        """The rows `rows` (bool mask or indices) as a rollout of their own; episode stats and env steps stay those
+        of the whole round."""
+        def pick(x):
+            return None if x is None else x[rows]
+        return Rollout(raw=self.batch(rows), xs=self.xs[rows], stochastic=self.stochastic[rows],
+                       velocities=self.velocities[rows], feats_mean=self.feats_mean[rows], logp=self.logp[rows],
+                       values=self.values[rows], advantages=self.advantages[rows], returns=self.returns[rows],
+                       labels=self.labels[rows], episodes=self.episodes, env_steps=self.env_steps,
+                       env_of_row=pick(self.env_of_row), keep=pick(self.keep), step=pick(self.step))
+
     def batch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         """The raw observation rows idx (for Policy.encode)."""
         return {k: v[idx] for k, v in self.raw.items()}

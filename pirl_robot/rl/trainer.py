@@ -51,6 +51,8 @@ class Trainer:
         self.seed = seed
         self.gen = self._generator(iteration=0)
         self.iteration, self.env_steps, self._seed_cursor = 0, 0, 0
+        # RL wall time (collection, updates, evaluations) since the run's first iteration, across resumes
+        self._wall_before, self._t0 = 0.0, time.perf_counter()
         self.history: list[dict] = []
         model = policy.model
         self.sharded = shard_trainable(model) if shard and dist.enabled else []  # before the optimizer sees params
@@ -78,6 +80,9 @@ class Trainer:
         self._seed_cursor += n * self.dist.world_size
         return list(range(start, start + n))
 
+    def wall_seconds(self) -> float:
+        return self._wall_before + time.perf_counter() - self._t0
+
     def _log(self, row: dict) -> None:
         self.history.append(row)
         if self.dist.is_main:
@@ -98,6 +103,7 @@ class Trainer:
             self.algo.restart()  # evaluation reset the shared envs: training episodes must start afresh
         r = task_stats(tag, self.policy.spec.instruction, eps)
         row = {"kind": "eval", "tag": tag, "iteration": self.iteration, "env_steps": self.env_steps,
+               "wall_s": self.wall_seconds(),
                **{k: r[k] for k in ("success_rate", "episodes", "successes", "ci95", "mean_return")},
                "mean_length": float(np.mean([e["length"] for e in eps]))}
         self._log(row)
@@ -189,6 +195,7 @@ class Trainer:
         if self.dist.is_main:
             save_policy(self.policy, path, state_dict=weights)
             state = {"iteration": self.iteration, "env_steps": self.env_steps, "seed_cursor": self._seed_cursor,
+                     "wall_seconds": self.wall_seconds(),
                      "optimizer": optim or self.optimizer.state_dict(), "optimizer_by_name": bool(self.sharded),
                      "gen": self.gen.get_state(),
                      "torch_rng": torch.get_rng_state(), "world_size": self.dist.world_size}
@@ -218,6 +225,7 @@ class Trainer:
             self.optimizer.load_state_dict(optim)
         self.iteration, self.env_steps = state["iteration"], state["env_steps"]
         self._seed_cursor = state["seed_cursor"]
+        self._wall_before, self._t0 = state.get("wall_seconds", 0.0), time.perf_counter()
         same_run = self.dist.is_main and state.get("world_size", 1) == self.dist.world_size
         try:
             if not same_run:

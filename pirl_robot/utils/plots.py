@@ -24,9 +24,15 @@ def save_figure(fig, out: str | Path, dpi: int = 110) -> Path:
     return Path(out)
 
 
+def read_metrics(metrics: str | Path) -> list[dict]:
+    """The rows of a run's metrics.jsonl (rl.trainer): {"kind": "train" | "eval", "iteration", "env_steps", ...};
+    eval rows carry success_rate, successes, episodes and ci95 (the Wilson 95% interval [lo, hi])."""
+    return [json.loads(x) for x in Path(metrics).read_text().splitlines() if x.strip()]
+
+
 def learning_curve(metrics: str | Path, out: str | Path, title: str = "") -> Path:
     plt = pyplot()
-    rows = [json.loads(x) for x in Path(metrics).read_text().splitlines() if x.strip()]
+    rows = read_metrics(metrics)
     train = [r for r in rows if r["kind"] == "train"]
     evals = [r for r in rows if r["kind"] == "eval"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))

@@ -1,0 +1,40 @@
+"""Every experiment preset (configs/experiment/*.yaml) composes into a valid run configuration."""
+
+from pathlib import Path
+
+import pytest
+
+from pirl_robot.config import compose
+from pirl_robot.train import algo_config
+
+PRESETS = sorted(p.stem for p in (Path(__file__).parents[1] / "configs" / "experiment").glob("*.yaml"))
+WEAK_START = ("pushcube_2demos", "pushcube_grpo", "pushcube_stepnft")  # issue 14's algorithms from one start
+
+
+def test_the_presets_are_found():
+    assert set(WEAK_START) <= set(PRESETS)
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_preset_composes_into_a_valid_run(name):
+    cfg = compose("train", [f"+experiment={name}", "seed=3"])
+    a = algo_config(cfg)  # every algo key known and every value valid (AlgoConfig / ChainConfig checks)
+    assert cfg.algo.kind == a.kind and cfg.rl.iterations > 0 and cfg.eval.episodes >= 96
+    assert cfg.output_dir.startswith("outputs/") and "_s3" in cfg.output_dir
+    if a.kind == "grpo":
+        assert cfg.env.num_envs % a.group_size == 0  # whole groups per iteration
+    if a.kind == "stepnft":
+        assert a.stepnft.noise_level == a.chain.noise_level
+
+
+def test_the_weak_start_presets_share_the_start_and_explore_at_the_last_step():
+    cfgs = {n: compose("train", [f"+experiment={n}"]) for n in WEAK_START}
+    starts = {n: (c.demos, c.sft, c.eval.episodes, c.env.maniskill) for n, c in cfgs.items()}
+    assert all(s == starts["pushcube_2demos"] for s in starts.values())
+    assert cfgs["pushcube_2demos"].demos.episodes == 2
+    assert [algo_config(cfgs[n]).kind for n in WEAK_START] == ["ppo", "grpo", "stepnft"]
+    for n in WEAK_START:
+        chain = algo_config(cfgs[n]).chain
+        assert (chain.num_steps, chain.first_stochastic_step, chain.noise_level) == (4, 3, 1.0), n
+    grpo = algo_config(cfgs["pushcube_grpo"])  # the measured form: shaped returns, every group kept
+    assert (grpo.group_reward, grpo.min_group_success, grpo.max_group_success) == ("return", 0.0, 1.0)
