@@ -44,10 +44,6 @@ class SimSafetyLimits:
 
         return cls(load_safety_config(resolve_path(path), spec=spec), spec.control_hz, str(path), num_envs)
 
-    @property
-    def safety(self) -> SafetyFilter | None:
-        """The single env's filter (ManiSkillEnv)."""
-        return self.filters[0]
 
     def measured(self, qpos: np.ndarray) -> np.ndarray:
         """Simulator joint positions (9,) -> the filter's entries: 7 arm joints + the normalised gripper."""

@@ -73,13 +73,11 @@ def test_known_point_projects_to_the_calibrated_pixel(size):
 
 def _fk(urdf: str, link: str, qpos: np.ndarray) -> np.ndarray:
     """T_base_link of ManiSkill's Panda URDF at the simulator's joint positions (the calibration's view of it)."""
-    import pytorch_kinematics as pk
     import torch
 
-    from pirl_robot.safety.kinematics import _quiet_urdf_parser
+    from sim.maniskill.twin import urdf_chain
 
-    with _quiet_urdf_parser():
-        chain = pk.build_chain_from_urdf(open(urdf, "rb").read()).to(dtype=torch.float64)
+    chain = urdf_chain(urdf)
     q = torch.zeros(chain.n_joints, dtype=torch.float64)
     names = chain.get_joint_parameter_names()
     for k, name in enumerate([f"panda_joint{i}" for i in range(1, 8)] + ["panda_finger_joint1", "panda_finger_joint2"]):

@@ -5,6 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 
+def status_name(node_name: str) -> str:
+    """The DiagnosticStatus name of a deploy node's status (what readers of /diagnostics match on)."""
+    return f"pirl_deploy: {node_name}"
+
+
 def diagnostic_array(name: str, values: dict[str, Any], filtered: bool, executing: bool, stamp):
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 

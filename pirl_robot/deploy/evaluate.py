@@ -84,7 +84,9 @@ class HilClient:
         node.create_subscription(JointState, task_state_topic, self._on_task, qos("sensor", 5))
         from diagnostic_msgs.msg import DiagnosticArray
 
-        self.deploy_name = deploy_node.rsplit("/", 1)[-1]
+        from pirl_robot.deploy.diagnostics import status_name
+
+        self.deploy_status = status_name(deploy_node.rsplit("/", 1)[-1])
         self.diagnostics: dict[str, str] = {}  # the deploy node's latest /diagnostics values
         self.diagnostics_at = 0.0              # when they arrived (time.monotonic())
         node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
@@ -100,7 +102,7 @@ class HilClient:
 
     def _on_diagnostics(self, msg) -> None:
         for st in msg.status:
-            if st.name == f"pirl_deploy: {self.deploy_name}":
+            if st.name == self.deploy_status:
                 self.diagnostics = {kv.key: kv.value for kv in st.values}
                 self.diagnostics_at = time.monotonic()
 

@@ -301,12 +301,12 @@ class DeployNode(LifecycleNode):
         return {**d.loop.diagnostics(), "bundle": d.bundle.bundle_id}
 
     def _publish_diagnostics(self, pub) -> None:
-        from pirl_robot.deploy.diagnostics import diagnostic_array
+        from pirl_robot.deploy.diagnostics import diagnostic_array, status_name
 
         d = self.deployment
         if d is None:
             return
-        pub.publish(diagnostic_array(f"pirl_deploy: {self.get_name()}", self.diagnostics(), d.safety.enforcing,
+        pub.publish(diagnostic_array(status_name(self.get_name()), self.diagnostics(), d.safety.enforcing,
                                      d.loop.executing, self.get_clock().now().to_msg()))
 
 

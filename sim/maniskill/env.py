@@ -90,7 +90,7 @@ def gym_kwargs(cfg: TaskConfig, twins: tuple = ()) -> dict[str, Any]:
     if HAND_CAMERA in cameras(cfg):
         from sim.maniskill.twin import HAND_ROBOT
 
-        kwargs["robot_uids"] = HAND_ROBOT  # the same Panda with a camera on its hand
+        kwargs["robot_uids"] = HAND_ROBOT  # the same Panda with a camera (HAND_CAMERA) on its hand
     if cfg.obs_mode == "rgb":
         kwargs["sensor_configs"] = dict(width=cfg.image_size, height=cfg.image_size)
         for twin in twins:

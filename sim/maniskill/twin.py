@@ -19,6 +19,7 @@ frame the real camera would deliver. ManiSkill cameras look along +x with +z up;
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +35,7 @@ ROBOT_BASE_IN_WORLD = {"PushCube-v1": (-0.615, 0.0, 0.0), "PickCube-v1": (-0.615
 # OpenCV optical frame axes expressed in SAPIEN's camera frame (x forward, y left, z up): columns = cv x, y, z
 CV_TO_SAPIEN = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
 # An eye-in-hand camera: ManiSkill's Panda with a wrist camera, the camera's uid and the link it is mounted on.
-HAND_ROBOT, HAND_CAMERA, HAND_MOUNT = "panda_wristcam", "hand_camera", "camera_link"
+HAND_ROBOT, HAND_MOUNT = "panda_wristcam", "camera_link"  # the camera's uid there: sim.maniskill.env.HAND_CAMERA
 
 
 def hand_urdf() -> str:
@@ -43,16 +44,24 @@ def hand_urdf() -> str:
     return f"{PACKAGE_ASSET_DIR}/robots/panda/panda_v3.urdf"
 
 
-def link_offset(urdf: str, from_link: str, to_link: str) -> np.ndarray:
-    """T_from_to between two links of one rigid body (joined by fixed joints only): the same at any joint
-    configuration, checked at two. Raises TwinError for unknown or relatively moving links."""
+@functools.lru_cache(maxsize=4)
+def urdf_chain(urdf: str):
+    """pytorch_kinematics' float64 chain of a URDF (every link), parsed once per process."""
     import pytorch_kinematics as pk
     import torch
 
     from pirl_robot.safety.kinematics import _quiet_urdf_parser
 
     with _quiet_urdf_parser():
-        chain = pk.build_chain_from_urdf(Path(urdf).read_bytes()).to(dtype=torch.float64)
+        return pk.build_chain_from_urdf(Path(urdf).read_bytes()).to(dtype=torch.float64)
+
+
+def link_offset(urdf: str, from_link: str, to_link: str) -> np.ndarray:
+    """T_from_to between two links of one rigid body (joined by fixed joints only): the same at any joint
+    configuration, checked at two. Raises TwinError for unknown or relatively moving links."""
+    import torch
+
+    chain = urdf_chain(urdf)
     links = chain.get_link_names()
     for name in (from_link, to_link):
         if name not in links:
@@ -99,6 +108,8 @@ class CameraTwin:
         base = make_T(np.eye(3), ROBOT_BASE_IN_WORLD[task])
         if cal.mount == "eye_in_hand":
             T_mount_ee = link_offset(hand_urdf(), HAND_MOUNT, cal.parent_frame)
+            from sim.maniskill.env import HAND_CAMERA
+
             twin = cls(small, base, uid or HAND_CAMERA, T_mount_camera=T_mount_ee @ cal.T_parent_camera)
         else:
             twin = cls(small, base, uid or "base_camera")

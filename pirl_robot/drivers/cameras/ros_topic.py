@@ -8,6 +8,8 @@ own, so the check works from inside a lifecycle callback without spinning the ex
 
 from __future__ import annotations
 
+import functools
+
 from pirl_robot.drivers.cameras.base import Camera
 from pirl_robot.drivers.ros_msgs import image_to_numpy, qos
 
@@ -23,8 +25,6 @@ class RosImageCamera(Camera):
         self.info_topic = info_topic or f"{topic.rsplit('/', 1)[0]}/camera_info"
         self._sub = None
         self.decode_errors = 0
-        self._intrinsics: dict | None = None
-        self._info_read = False
 
     def _open(self) -> None:
         from sensor_msgs.msg import Image
@@ -40,16 +40,10 @@ class RosImageCamera(Camera):
             return
         self._publish(img, None, source_stamp=msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9)
 
-    @property
+    @functools.cached_property
     def intrinsics(self) -> dict | None:
-        """The driver's CameraInfo in the calibration check's form (as RealSenseCamera.intrinsics), or None where
-        none arrived within CAMERA_INFO_WAIT_S, it is uncalibrated (K all zero) or its model is not OpenCV's."""
-        if not self._info_read:
-            self._info_read = True
-            self._intrinsics = self._read_camera_info()
-        return self._intrinsics
-
-    def _read_camera_info(self) -> dict | None:
+        """The driver's CameraInfo in the calibration check's form (as RealSenseCamera.intrinsics), read once; None
+        where none arrived within CAMERA_INFO_WAIT_S, it is uncalibrated (K all zero) or its model is not OpenCV's."""
         from rclpy.wait_for_message import wait_for_message
         from sensor_msgs.msg import CameraInfo
 
