@@ -88,22 +88,29 @@ def run_episodes(policy, venv, seeds: Sequence[int], instruction: str, max_chunk
                  sampler: ChainConfig | None = None) -> list[dict]:
     """One episode per seed, `venv.num_envs` at a time; stats in seed order. The one way an episode is run and
     judged, for `pirl eval` and for the trainer's evaluations: actions from `sampler` (default the policy's own,
-    the deterministic ODE) with initial noise drawn from `noise_seed`; success = the episode's
-    ``EpisodeStats.success`` (the task's success flag at some step; episodes end at the first success).
-    Works on the worker-process envs (numpy) and on the batched env (tensors on the policy's device)."""
+    the deterministic ODE) and each episode's initial chain noise from its own generator, seeded by
+    (`noise_seed`, the episode's seed): an episode's result does not depend on `venv.num_envs`, on its place in
+    the batch or on how seeds are shared out over ranks (an SDE sampler's later noise still comes from one shared
+    generator). Success = the episode's ``EpisodeStats.success`` (the task's success flag at some step; episodes
+    end at the first success). Works on the worker-process envs (numpy) and on the batched env (tensors on the
+    policy's device)."""
     from pirl_robot.rl.rollout import obs_to_raw
 
     gen = torch.Generator(device=policy.device).manual_seed(noise_seed)
     n, horizon = venv.num_envs, policy.spec.exec_horizon
+    shape = (policy.model.chunk_size, policy.model.action_dim)
     out: list[dict] = []
     for start in range(0, len(seeds), n):
         batch = list(seeds[start:start + n])
         active = np.arange(n) < len(batch)
-        obs = venv.reset(seeds=batch + [batch[-1]] * (n - len(batch)))  # spare envs idle on a repeat seed
+        padded = batch + [batch[-1]] * (n - len(batch))  # spare envs idle on a repeat seed
+        obs = venv.reset(seeds=padded)
+        noise_gens = [episode_noise_generator(noise_seed, s, policy.device) for s in padded]
         ret, length, success = np.zeros(n), np.zeros(n, int), np.zeros(n, bool)
         for _ in range(max_chunks):
             raw = {**obs_to_raw(obs, policy.device), "instruction": [instruction] * n}
-            _, actions = policy.sample(raw, cfg=sampler, generator=gen)
+            noise = torch.stack([torch.randn(shape, generator=g, device=policy.device) for g in noise_gens])
+            _, actions = policy.sample(raw, cfg=sampler, noise=noise, generator=gen)
             actions = actions[:, :horizon].float()
             if not bool(torch.isfinite(actions).all()):
                 raise FloatingPointError(f"{task}: the policy produced NaN/inf actions")
@@ -123,6 +130,12 @@ def run_episodes(policy, venv, seeds: Sequence[int], instruction: str, max_chunk
         out += [{"seed": int(s), "success": bool(success[i]), "length": int(length[i]), "return": float(ret[i])}
                 for i, s in enumerate(batch)]
     return out
+
+
+def episode_noise_generator(noise_seed: int, episode_seed: int, device) -> torch.Generator:
+    """The generator of one evaluation episode's initial chain noise: a function of the two seeds only."""
+    state = int(np.random.SeedSequence([noise_seed, episode_seed]).generate_state(1, np.uint64)[0])
+    return torch.Generator(device=device).manual_seed(state)
 
 
 def _host(x) -> np.ndarray:
