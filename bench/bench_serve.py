@@ -12,7 +12,7 @@ Rows (ms per chunk, forward excluded):
   remote worker       the same worker around RemotePolicy: submit -> chunk callback, minus the server's forward
   remote call         RemotePolicy.infer alone: round trip minus the server's forward (serialisation, websocket,
                       loopback, the server's parsing and checks): the added latency of the remote path
-  (health round trip)  a `health` request: the same connection and threads with a small message and no policy
+  (health round trip)  a `health` request: the same connection with a small message and no policy
                       (the floor of this transport on this machine)
 Chunks are requested one at a time with a pause between them (as the node does, once per exec horizon), so every
 call wakes sleeping threads, as on a robot. Results: stdout table and bench/results/serve.json. Tails need an

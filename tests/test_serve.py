@@ -303,3 +303,34 @@ def test_tls_with_the_servers_certificate_only(bundle, tmp_path):
 def test_a_server_reachable_from_other_machines_needs_a_token(bundle):
     with pytest.raises(ValueError, match="needs a token"):
         PolicyServer(bundle, None, host="0.0.0.0", port=0)
+
+
+def test_a_server_gone_silent_is_found_by_the_keepalive(bundle):
+    """A server that stops answering without closing (a frozen process, a pulled cable) is reported lost within
+    about two keepalive intervals (max(1 s, timeout)), between requests, with no request in flight."""
+    import socket
+
+    from pirl_robot.serve.connection import ServerConnection
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    hello = pack(PolicyServer(bundle, TOKEN, port=0).hello())
+    stop = threading.Event()
+
+    def silent_server():
+        sock, _ = listener.accept()
+        conn = ServerConnection.accept(sock, lambda request: None, 1 << 20)
+        conn.send(hello)
+        stop.wait(10)  # never reads again: the client's pings go unanswered
+        conn.close()
+
+    threading.Thread(target=silent_server, daemon=True).start()
+    remote = RemotePolicy(f"remote://127.0.0.1:{listener.getsockname()[1]}", token=TOKEN, timeout_s=0.3)
+    lost, why = threading.Event(), []
+    remote.on_lost = lambda reason: (why.append(reason), lost.set())
+    t0 = time.monotonic()
+    try:
+        assert lost.wait(5), "the keepalive did not find the silent server"
+        assert 1.0 <= time.monotonic() - t0 <= 3.5 and "keepalive ping" in why[0] and not remote.connected
+    finally:
+        stop.set()
+        listener.close()

@@ -6,7 +6,8 @@
 
 URLs: remote://HOST:PORT (plain websocket), remote+tls://HOST:PORT (TLS; `tls_ca` is the CA file that signed the
 server's certificate, default: the system's), or ws:// / wss:// as such. Only the robot's side (numpy, msgpack,
-websockets) runs here: no torch model is loaded.
+websockets' Sans-I/O protocol, connection.py) runs here: no torch model is loaded. A request is sent and its reply
+read in the caller's thread; a watcher thread keeps the idle connection alive between requests.
 
 Failures are exceptions of `infer`, which the deploy node's inference worker turns into a policy fault (hold, then
 a controlled stop): RemotePolicyError (a ConnectionError: server gone, refused, wrong token) and
@@ -26,6 +27,7 @@ import numpy as np
 
 from pirl_robot.flow.rtc import ChunkPrefix
 from pirl_robot.serve import protocol as P
+from pirl_robot.serve.connection import ClientConnection, ConnectionClosed, InvalidHandshake, InvalidStatus
 from pirl_robot.serve.wire import WireError, pack, unpack
 from pirl_robot.spec import PolicySpec
 
@@ -73,8 +75,9 @@ class RemotePolicy:
         self.hello: dict = {}
         self.last_timing: dict = {}
         self.reconnects = -1
-        # Called (on a watcher thread) when an open connection is lost between or during calls: the deploy node
-        # makes it a policy fault at once instead of at the next request (ControlLoop.policy_lost).
+        # Called when an open connection is lost: between calls on the watcher thread, during one on the caller's
+        # thread before its RemotePolicyError. The deploy node makes it a policy fault at once instead of at the
+        # next request (ControlLoop.policy_lost).
         self.on_lost: Callable[[str], None] | None = None
         self.connect()
         self.spec = PolicySpec.from_dict(self.hello["spec"])
@@ -85,27 +88,19 @@ class RemotePolicy:
     # --- connection -----------------------------------------------------------------------------------------
     def connect(self) -> None:
         """Open the connection, read the server's hello, attach the robot spec. Raises RemotePolicyError."""
-        from websockets.exceptions import InvalidStatus, WebSocketException
-        from websockets.sync.client import connect
+        import ssl
 
         self._drop()
-        ssl_context = None
-        if self.ws_url.startswith("wss://"):
-            import ssl
-
-            ssl_context = ssl.create_default_context(cafile=self.tls_ca)
+        ssl_context = ssl.create_default_context(cafile=self.tls_ca) if self.ws_url.startswith("wss://") else None
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
         try:
-            conn = connect(self.ws_url, additional_headers=headers, open_timeout=self.connect_timeout_s,
-                           max_size=self.max_message_bytes, compression=None, ssl=ssl_context,
-                           # keepalive: a server gone without closing (power, cable) is found within ~2 timeouts
-                           ping_interval=max(1.0, self.timeout_s), ping_timeout=max(1.0, self.timeout_s),
-                           close_timeout=0.5, legacy=True)
+            conn = ClientConnection.open(self.ws_url, headers=headers, timeout=self.connect_timeout_s,
+                                         ssl_context=ssl_context, max_size=self.max_message_bytes)
         except InvalidStatus as e:
             code = e.response.status_code
             raise RemotePolicyError(f"policy server {self.url} refused the connection: HTTP {code}"
                                     + (" (missing or wrong token)" if code == 401 else "")) from None
-        except (OSError, TimeoutError, WebSocketException) as e:
+        except (OSError, TimeoutError, InvalidHandshake) as e:
             raise RemotePolicyError(f"cannot reach policy server {self.url}: {type(e).__name__}: {e}") from None
         try:
             hello = self._read(conn, self.connect_timeout_s)
@@ -126,20 +121,33 @@ class RemotePolicy:
         self.reconnects += 1
         threading.Thread(target=self._watch, args=(conn,), name="pirl-remote-watch", daemon=True).start()
 
-    def _watch(self, conn) -> None:
-        conn.wait_closed()
-        if conn is self._conn and self.on_lost is not None:  # not one we dropped ourselves
-            self.on_lost(f"policy server {self.url}: connection lost (close code {conn.close_code})")
+    def _watch(self, conn: ClientConnection) -> None:
+        """Between requests: keepalive pings (a server gone without closing, power or cable, is found within ~2
+        timeouts) and a peer that closed (found at once on Linux). Never reads while a request is in flight: it
+        waits for the lock, so replies wake only the caller."""
+        interval = max(1.0, self.timeout_s)
+        while True:
+            conn.wait_peer_closed(interval)
+            with self._lock:
+                if conn is not self._conn:
+                    return  # dropped or replaced by us
+                why = conn.poll_idle(ping_timeout=interval)
+                if why is None:
+                    continue
+                self._drop()
+            if self.on_lost is not None:
+                self.on_lost(f"policy server {self.url}: connection lost ({why})")
+            return
 
-    def _read(self, conn, timeout: float) -> dict:
-        from websockets.exceptions import ConnectionClosed
-
+    def _read(self, conn: ClientConnection, timeout: float) -> dict:
         try:
             return unpack(conn.recv(timeout=timeout), self.max_message_bytes)
         except TimeoutError:
             raise RemotePolicyTimeout(f"policy server {self.url}: no answer within {timeout * 1e3:.0f} ms") from None
         except ConnectionClosed as e:
             raise RemotePolicyError(f"policy server {self.url} closed the connection ({e})") from None
+        except OSError as e:
+            raise RemotePolicyError(f"policy server {self.url}: {type(e).__name__}: {e}") from None
         except WireError as e:
             raise RemotePolicyError(f"policy server {self.url} sent a malformed message: {e}") from None
 
@@ -158,11 +166,9 @@ class RemotePolicy:
 
     # --- requests -------------------------------------------------------------------------------------------
     def _call(self, msg: dict, timeout: float) -> dict:
-        from websockets.exceptions import ConnectionClosed
-        from websockets.protocol import State
-
+        lost: RemotePolicyError | None = None
         with self._lock:
-            if self._conn is None or self._conn.state is not State.OPEN:
+            if self._conn is None or not self._conn.is_open:
                 self.connect()
             self._next_id += 1
             rid = msg["id"] = self._next_id
@@ -173,12 +179,19 @@ class RemotePolicy:
                     reply = self._read(self._conn, max(0.0, deadline - time.monotonic()))
                     if reply.get("id") == rid or (reply.get("type") == "error" and reply.get("id") is None):
                         break  # (an older answer, e.g. after a timeout on another thread's request, is skipped)
-            except ConnectionClosed as e:
-                self._drop()
-                raise RemotePolicyError(f"policy server {self.url} closed the connection ({e})") from None
-            except (RemotePolicyError, RemotePolicyTimeout):
+            except RemotePolicyTimeout:  # we drop the connection ourselves: not a loss (a TimeoutError: first)
                 self._drop()
                 raise
+            except RemotePolicyError as e:
+                self._drop()
+                lost = e
+            except (ConnectionClosed, OSError) as e:
+                self._drop()
+                lost = RemotePolicyError(f"policy server {self.url}: connection lost ({e})")
+        if lost is not None:
+            if self.on_lost is not None:  # as the watcher does between calls: the node faults at once
+                self.on_lost(f"policy server {self.url}: connection lost during a request ({lost})")
+            raise lost from None
         if reply.get("type") == "error":
             raise RemoteRequestError(reply.get("code", "?"), reply.get("message", ""))
         return reply

@@ -6,8 +6,10 @@
     server.shutdown()
 
 Each client gets the bundle's id and spec on connect (protocol.py), then sends `infer`, `health` and optionally
-`attach` (its robot spec, checked with PolicySpec.check_compatible). One forward pass runs at a time (clients
-are served on their own threads and queue on the policy's lock). Authentication: the websocket handshake must
+`attach` (its robot spec, checked with PolicySpec.check_compatible). Each client has a thread that reads a
+request, answers it and writes the reply itself (websockets' Sans-I/O protocol on a blocking socket,
+connection.py: no hand-off between threads in the request path); one forward pass runs at a time (the policy's
+lock). A client that vanishes without closing is dropped by TCP keepalive. Authentication: the websocket handshake must
 carry `Authorization: Bearer <token>` (compared in constant time), else HTTP 401 before the socket opens;
 TLS when an ssl context is given. Messages larger than `max_message_bytes` close that connection (websockets'
 limit, close code 1009); malformed messages get an `error` reply and the connection stays usable.
@@ -16,6 +18,7 @@ limit, close code 1009); malformed messages get an `error` reply and the connect
 from __future__ import annotations
 
 import hmac
+import socket
 import threading
 import time
 from typing import Callable
@@ -24,6 +27,7 @@ import numpy as np
 
 from pirl_robot.deploy.stats import Rolling
 from pirl_robot.serve import protocol as P
+from pirl_robot.serve.connection import ConnectionClosed, InvalidHandshake, ServerConnection
 from pirl_robot.serve.wire import WireError, pack, unpack
 
 DEFAULT_MAX_MESSAGE_BYTES = 8 << 20  # two 640x480 RGB frames and a state fit four times over
@@ -45,8 +49,11 @@ class PolicyServer:
         self.counts = {"clients": 0, "connections": 0, "requests": 0, "errors": 0, "refused": 0}
         self._infer_ms = Rolling(1000)  # the last forwards, for health
         self._started = time.monotonic()
-        self._server = None
+        self._listener: socket.socket | None = None
         self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._conns: set[ServerConnection] = set()
+        self._client_threads: set[threading.Thread] = set()
 
     # --- lifecycle ------------------------------------------------------------------------------------------
     def warm_up(self) -> None:
@@ -62,31 +69,39 @@ class PolicyServer:
         self.policy.infer(obs, prefix=ChunkPrefix(actions, 1, s.chunk_size))
 
     def start(self, warm_up: bool = True) -> "PolicyServer":
-        from websockets.sync.server import serve
-
+        """Bind (OSError if the port is taken) and accept clients on a thread of its own."""
         if warm_up:
             self.warm_up()
-        self._server = serve(self._handle, self.host, self._requested_port, process_request=self._authorize,
-                             max_size=self.max_message_bytes, ssl=self.ssl_context, compression=None,
-                             ping_interval=None)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="pirl-serve", daemon=True)
+        self._listener = socket.create_server((self.host, self._requested_port))
+        self._listener.settimeout(0.2)  # the accept loop looks at _stopping this often
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._accept_loop, name="pirl-serve", daemon=True)
         self._thread.start()
         return self
 
     @property
     def port(self) -> int:
-        return self._server.socket.getsockname()[1]
+        return self._listener.getsockname()[1]
 
     def serve_forever(self) -> None:
-        if self._server is None:
+        if self._thread is None:
             self.start()
         self._thread.join()
 
     def shutdown(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._thread.join(timeout=5)
-            self._server = None
+        """Stop accepting, close every client's connection (close code 1001) and wait for their threads."""
+        if self._thread is None:
+            return
+        self._stopping.set()
+        self._thread.join(timeout=5)
+        with self._stats_lock:
+            conns = list(self._conns)
+        for conn in conns:
+            conn.close(1001)  # (its thread's recv wakes up and the thread ends)
+        for t in list(self._client_threads):
+            t.join(timeout=5)
+        self._listener.close()
+        self._thread = None
 
     def hello(self) -> dict:
         return {"type": "hello", "protocol": P.PROTOCOL, "bundle_id": self.bundle.bundle_id,
@@ -94,8 +109,20 @@ class PolicyServer:
                 "spec": self.spec.to_dict(), "noise_shape": list(self.noise_shape),
                 "max_message_bytes": self.max_message_bytes}
 
-    # --- connections ----------------------------------------------------------------------------------------
-    def _authorize(self, connection, request):
+    # --- connections ------------------------------------------------------------------------------------------
+    def _accept_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                sock, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            t = threading.Thread(target=self._client, args=(sock,), name="pirl-serve-client", daemon=True)
+            self._client_threads.add(t)
+            t.start()
+
+    def _authorize(self, request) -> tuple[int, str] | None:
         if self.token is None:
             return None
         got = request.headers.get("Authorization", "")
@@ -103,27 +130,41 @@ class PolicyServer:
             return None
         with self._stats_lock:
             self.counts["refused"] += 1
-        return connection.respond(401, "missing or wrong token (send 'Authorization: Bearer <token>')\n")
+        return 401, "missing or wrong token (send 'Authorization: Bearer <token>')\n"
 
-    def _handle(self, connection) -> None:
-        from websockets.exceptions import ConnectionClosed
-
+    def _client(self, sock: socket.socket) -> None:
+        """One client, on its own thread: handshake, hello, then read a request, answer it, write the reply."""
+        try:
+            _keepalive(sock)
+            conn = ServerConnection.accept(sock, self._authorize, self.max_message_bytes,
+                                           ssl_context=self.ssl_context)
+        except (OSError, InvalidHandshake):
+            sock.close()  # a port scan, a client that spoke no websocket or no TLS: nothing to answer
+            self._client_threads.discard(threading.current_thread())
+            return
+        if conn is None:
+            self._client_threads.discard(threading.current_thread())
+            return
         with self._stats_lock:
             self.counts["clients"] += 1
             self.counts["connections"] += 1
+            self._conns.add(conn)
         try:
-            connection.send(pack(self.hello()))
-            for data in connection:
-                reply, close = self._answer(data)
-                connection.send(pack(reply))
+            conn.send(pack(self.hello()))
+            while not self._stopping.is_set():
+                reply, close = self._answer(conn.recv(timeout=None))
+                conn.send(pack(reply))
                 if close:
-                    connection.close(1008, "robot spec does not match the served policy")
+                    conn.close(1008)  # the robot spec does not match the served policy
                     return
-        except ConnectionClosed:
+        except (ConnectionClosed, OSError):
             pass
         finally:
+            conn.close()
             with self._stats_lock:
                 self.counts["clients"] -= 1
+                self._conns.discard(conn)
+            self._client_threads.discard(threading.current_thread())
 
     def _answer(self, data) -> tuple[dict, bool]:
         """(reply, close the connection after it)."""
@@ -193,3 +234,11 @@ class PolicyServer:
         p50, p99 = np.percentile(infer, [50, 99]).tolist() if infer.size else (None, None)
         return {"type": "health", "id": rid, "ok": True, "bundle_id": self.bundle.bundle_id,
                 "uptime_s": time.monotonic() - self._started, **counts, "infer_ms_p50": p50, "infer_ms_p99": p99}
+
+
+def _keepalive(sock: socket.socket, idle_s: int = 10, interval_s: int = 5, count: int = 3) -> None:
+    """TCP keepalive: the thread of a client whose machine went away (no FIN) ends after ~25 s."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (("TCP_KEEPIDLE", idle_s), ("TCP_KEEPINTVL", interval_s), ("TCP_KEEPCNT", count)):
+        if hasattr(socket, name):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
