@@ -11,7 +11,8 @@ PATH (or checkpoint=PATH) is a checkpoint directory (policy.json) or an exported
 
 Episodes start from seeds seed_base, seed_base + 1, ...; on LIBERO seed i is standard init state i (mod 50), so
 the default 50 episodes per task visit each standard init state once (the LIBERO protocol). Actions come from
-the deterministic ODE sampler (the deployment sampler) with fixed initial noise (noise_seed); `sampler.mode=sde`
+the deterministic ODE sampler (the deployment sampler), each episode's initial noise drawn from (noise_seed, its
+seed), so a score does not depend on num_envs or on the batch an episode ran in; `sampler.mode=sde`
 (with sampler.noise_level, sampler.first_stochastic_step) evaluates an RL rollout sampler instead. Each task gets its
 success rate with a 95% Wilson interval; the suite line pools all episodes (tasks have equal counts, so this
 is also the mean over tasks). Writes results.json and results.md to output_dir.
