@@ -135,16 +135,19 @@ class PolicyServer:
     def _client(self, sock: socket.socket) -> None:
         """One client, on its own thread: handshake, hello, then read a request, answer it, write the reply."""
         try:
-            _keepalive(sock)
-            conn = ServerConnection.accept(sock, self._authorize, self.max_message_bytes,
-                                           ssl_context=self.ssl_context)
-        except (OSError, InvalidHandshake):
-            sock.close()  # a port scan, a client that spoke no websocket or no TLS: nothing to answer
+            try:
+                _keepalive(sock)
+                conn = ServerConnection.accept(sock, self._authorize, self.max_message_bytes,
+                                               ssl_context=self.ssl_context)
+            except (OSError, InvalidHandshake):
+                sock.close()  # a port scan, a client that spoke no websocket or no TLS: nothing to answer
+                return
+            if conn is not None:  # (None: refused, 401 sent)
+                self._serve(conn)
+        finally:
             self._client_threads.discard(threading.current_thread())
-            return
-        if conn is None:
-            self._client_threads.discard(threading.current_thread())
-            return
+
+    def _serve(self, conn: ServerConnection) -> None:
         with self._stats_lock:
             self.counts["clients"] += 1
             self.counts["connections"] += 1
@@ -164,7 +167,6 @@ class PolicyServer:
             with self._stats_lock:
                 self.counts["clients"] -= 1
                 self._conns.discard(conn)
-            self._client_threads.discard(threading.current_thread())
 
     def _answer(self, data) -> tuple[dict, bool]:
         """(reply, close the connection after it)."""
