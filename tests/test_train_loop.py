@@ -58,7 +58,11 @@ def test_short_seeded_run_does_not_diverge(setup, tmp_path, name):
     history = trainer.train(3)
     assert len(history) == 3 and trainer.env_steps > 0
     for row in history:
-        for key in ("loss", "grad_norm", "value_loss", "policy_loss", "mean_return"):
+        if ALGOS[name].kind == "ppo":  # the actor's and the critic's pre-clip norms make up the clipped total
+            assert row["grad_norm_critic"] > 0 and row["grad_norm_actor"] > 0
+            assert math.isclose(math.hypot(row["grad_norm_actor"], row["grad_norm_critic"]), row["grad_norm"],
+                                rel_tol=0.35)  # (means over steps: equal per step, close on average)
+        for key in ("loss", "grad_norm", "grad_norm_actor", "value_loss", "policy_loss", "mean_return"):
             if key in row and (key != "mean_return" or row["episodes"]):  # no episode ended: NaN by design
                 assert math.isfinite(row[key]), (key, row)
         if "approx_kl" in row:

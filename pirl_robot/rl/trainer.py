@@ -135,9 +135,10 @@ class Trainer:
                     skipped = not d.any(not skipped)
                 if skipped:
                     continue
+                norms = {} if self.sharded else self._group_grad_norms()
                 grad = torch.nn.utils.clip_grad_norm_(params, c.max_grad_norm)
                 self.optimizer.step()
-                for k, v in {**s, "loss": loss.item(), "grad_norm": grad.item()}.items():
+                for k, v in {**s, "loss": loss.item(), "grad_norm": grad.item(), **norms}.items():
                     stats.setdefault(k, []).append(v)
                 if c.target_kl is not None and d.any(s.get("approx_kl", 0.0) > c.target_kl):
                     stop = True
@@ -146,6 +147,17 @@ class Trainer:
                 break
         model.eval()
         return d.mean({k: float(np.mean(v)) for k, v in stats.items()})
+
+    def _group_grad_norms(self) -> dict[str, float]:
+        """Pre-clip gradient norms of the actor's and the critic's parameters: one clip (max_grad_norm) scales both,
+        so these show which of the two sets the clip factor."""
+        names = ("grad_norm_actor", "grad_norm_critic")
+        out = {}
+        for name, g in zip(names, self.optimizer.param_groups):
+            grads = [p.grad for p in g["params"] if p.grad is not None]
+            if grads:
+                out[name] = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(x) for x in grads])).item()
+        return out
 
     def train(self, iterations: int) -> list[dict]:
         d = self.dist
