@@ -238,23 +238,27 @@ class ServerConnection(Connection):
         sent, the socket closed and None returned. OSError / InvalidHandshake for a client that got it wrong."""
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.settimeout(timeout)
-        if ssl_context is not None:
-            sock = ssl_context.wrap_socket(sock, server_side=True)
-        conn = cls(sock, ServerProtocol(max_size=max_size))
-        deadline = time.monotonic() + timeout
-        request = None
-        while request is None:
-            events = conn._receive(deadline)
-            request = next((e for e in events if isinstance(e, Request)), None)
-            if request is None and conn.protocol.handshake_exc is not None:
+        try:
+            if ssl_context is not None:
+                sock = ssl_context.wrap_socket(sock, server_side=True)
+            conn = cls(sock, ServerProtocol(max_size=max_size))
+            deadline = time.monotonic() + timeout
+            request = None
+            while request is None:
+                events = conn._receive(deadline)
+                request = next((e for e in events if isinstance(e, Request)), None)
+                if request is None and conn.protocol.handshake_exc is not None:
+                    raise conn.protocol.handshake_exc
+            refusal = authorize(request)
+            response = conn.protocol.accept(request) if refusal is None else conn.protocol.reject(*refusal)
+            conn.protocol.send_response(response)
+            conn._flush()
+            if conn.protocol.handshake_exc is not None:
                 raise conn.protocol.handshake_exc
-        refusal = authorize(request)
-        response = conn.protocol.accept(request) if refusal is None else conn.protocol.reject(*refusal)
-        conn.protocol.send_response(response)
-        conn._flush()
-        if conn.protocol.handshake_exc is not None or refusal is not None:
+        except BaseException:
             sock.close()
-            if refusal is None:
-                raise conn.protocol.handshake_exc
+            raise
+        if refusal is not None:
+            sock.close()
             return None
         return conn
