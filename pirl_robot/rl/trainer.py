@@ -135,8 +135,7 @@ class Trainer:
                     skipped = not d.any(not skipped)
                 if skipped:
                     continue
-                norms = {} if self.sharded else self._group_grad_norms()
-                grad = torch.nn.utils.clip_grad_norm_(params, c.max_grad_norm)
+                norms, grad = self._clip_gradients(params, c.max_grad_norm)
                 self.optimizer.step()
                 for k, v in {**s, "loss": loss.item(), "grad_norm": grad.item(), **norms}.items():
                     stats.setdefault(k, []).append(v)
@@ -148,16 +147,20 @@ class Trainer:
         model.eval()
         return d.mean({k: float(np.mean(v)) for k, v in stats.items()})
 
-    def _group_grad_norms(self) -> dict[str, float]:
-        """Pre-clip gradient norms of the actor's and the critic's parameters: one clip (max_grad_norm) scales both,
-        so these show which of the two sets the clip factor."""
-        names = ("grad_norm_actor", "grad_norm_critic")
-        out = {}
-        for name, g in zip(names, self.optimizer.param_groups):
+    def _clip_gradients(self, params: list, max_norm: float) -> tuple[dict[str, float], torch.Tensor]:
+        """One clip over all trainable parameters; returns the pre-clip norms of the actor's and the critic's
+        parameter groups (which of the two sets the clip factor) and the total norm. The total is made of the
+        group norms, so nothing is measured twice. Sharded (FSDP) parameters: torch's clip, total norm only."""
+        if self.sharded:
+            return {}, torch.nn.utils.clip_grad_norm_(params, max_norm)
+        norms: dict[str, torch.Tensor] = {}
+        for name, g in zip(("grad_norm_actor", "grad_norm_critic"), self.optimizer.param_groups):
             grads = [p.grad for p in g["params"] if p.grad is not None]
             if grads:
-                out[name] = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(x) for x in grads])).item()
-        return out
+                norms[name] = torch.nn.utils.get_total_norm(grads)
+        total = torch.nn.utils.get_total_norm(list(norms.values()))
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
+        return {k: v.item() for k, v in norms.items()}, total
 
     def train(self, iterations: int) -> list[dict]:
         d = self.dist
