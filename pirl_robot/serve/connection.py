@@ -71,10 +71,6 @@ class Connection:
     def is_open(self) -> bool:
         return self.protocol.state is State.OPEN
 
-    @property
-    def close_code(self) -> int | None:
-        return self.protocol.close_code
-
     def close(self, code: int = 1000) -> None:
         """Send a close frame (best effort), shut the socket down (which also wakes a thread blocked in recv() on
         it) and close it; no waiting for the peer's answer."""
@@ -97,7 +93,9 @@ class Connection:
 
     def _closed(self) -> ConnectionClosed:
         p = self.protocol
-        return p.close_exc if p.state is State.CLOSED else ConnectionClosed(p.close_rcvd, p.close_sent, p.close_rcvd_then_sent)
+        if p.state is State.CLOSED:
+            return p.close_exc
+        return ConnectionClosed(p.close_rcvd, p.close_sent, p.close_rcvd_then_sent)  # (close_exc: CLOSED only)
 
     def _flush(self) -> None:
         for chunk in self.protocol.data_to_send():
