@@ -24,12 +24,13 @@ def eval_curve(run: Path) -> list[dict]:
     path = run / "metrics.jsonl" if run.is_dir() else run
     if not path.exists():
         raise SystemExit(f"{path}: no metrics.jsonl (is {run} a `pirl train` output_dir?)")
-    rows = [r for r in read_metrics(path) if r["kind"] == "eval"]
+    metrics = read_metrics(path)
+    rows = [r for r in metrics if r["kind"] == "eval"]
     if not rows:
         raise SystemExit(f"{path}: no eval rows yet")
     # wall time: eval rows written since issue 14 carry wall_s; older runs: the summed iteration times
     iter_s, t = {}, 0.0
-    for r in read_metrics(path):
+    for r in metrics:
         if r["kind"] == "train":
             t += r["iter_seconds"]
             iter_s[r["iteration"]] = t
