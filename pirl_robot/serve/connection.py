@@ -71,20 +71,35 @@ class Connection:
     def is_open(self) -> bool:
         return self.protocol.state is State.OPEN
 
-    def close(self, code: int = 1000) -> None:
+    def close(self, code: int = 1000, drain_s: float = 0.0) -> None:
         """Send a close frame (best effort), shut the socket down (which also wakes a thread blocked in recv() on
-        it) and close it; no waiting for the peer's answer."""
+        it) and close it. With `drain_s`, first half-close and read (discarding) what the peer still sends, until
+        it closes or `drain_s` seconds pass: a socket closed with unread data resets the connection, and a peer
+        still sending (the rest of a message over the size limit) would lose the close frame and its code."""
         try:
             if self.protocol.state is State.OPEN:
                 self.protocol.send_close(code)
                 self._flush()
         except OSError:
             pass
+        if drain_s > 0:
+            self._drain(drain_s)
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
         self.sock.close()
+
+    def _drain(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+            while (remaining := deadline - time.monotonic()) > 0:
+                self.sock.settimeout(remaining)
+                if not self.sock.recv(_RECV_BYTES):
+                    return  # the peer closed too
+        except OSError:  # (a timeout included)
+            pass
 
     # --- internals ------------------------------------------------------------------------------------------
     def _check_open(self) -> None:

@@ -152,18 +152,19 @@ class PolicyServer:
             self.counts["clients"] += 1
             self.counts["connections"] += 1
             self._conns.add(conn)
+        close_code = 1000
         try:
             conn.send(pack(self.hello()))
             while not self._stopping.is_set():
                 reply, close = self._answer(conn.recv(timeout=None))
                 conn.send(pack(reply))
                 if close:
-                    conn.close(1008)  # the robot spec does not match the served policy
+                    close_code = 1008  # the robot spec does not match the served policy
                     return
         except (ConnectionClosed, OSError):
-            pass
+            pass  # the client left, or the protocol failed the connection (e.g. 1009, a message over the limit)
         finally:
-            conn.close()
+            conn.close(close_code, drain_s=1.0)  # the client gets the close frame even while it is still sending
             with self._stats_lock:
                 self.counts["clients"] -= 1
                 self._conns.discard(conn)
