@@ -4,12 +4,15 @@
     python bench/bench_vla.py --device cuda                   # real size (PaliGemma 3B + 300M expert), < 8 min
     python bench/bench_vla.py --device cuda --kind pi0 --batch 1 8 --steps 4 --no-lerobot
     python bench/bench_vla.py --device cuda --kind pi0 --fast-only --attention auto math --compile 1 64
+    python bench/bench_vla.py --device cuda --kind pi0 --fast-only --batch 1 --no-ppo --compile 1 \
+        --compile-mode max-autotune-no-cudagraphs              # batch-1 deploy latency, GEMM tiles autotuned
 
 Paths, on one model object and one set of weights (random; real widths):
   eager fp32+amp  lerobot's embed_prefix / denoise_step with fp32 weights under bf16 autocast (today's RL setup)
   eager bf16      the same after lerobot's own bf16 weight cast (its stock inference setup)
-  fast bf16       models/pi0_fast.py (static K/V buffers, SDPA, masks built once) with bf16 weights, replayed as
-                  CUDA graphs (one capture per batch size; the capture time is the start-up cost, printed)
+  fast bf16       models/pi0_fast.py (static K/V buffers, SDPA, masks built once, fused q/k/v and gate/up GEMMs,
+                  no masks where no prefix token is padding: batch 1 here) with bf16 weights, replayed as CUDA
+                  graphs (one capture per batch size; the capture time is the start-up cost, printed)
   lerobot         PI0Policy.predict_action_chunk at its stock K=10 (batch <= 8), for reference
 For every batch and K: median ms per chunk, chunks/s, the prefix's and the chunk's TFLOP/s and MFU (FLOPs counted
 by torch's FlopCounterMode on the same call; peak = the GPU's dense bf16 datasheet rate). The PPO update (stored
@@ -33,6 +36,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from pirl_robot.flow import ChainConfig, chain_log_prob, sample_chain
 from pirl_robot.models.factory import build_model
+from pirl_robot.models.pi0 import COMPILE_MODES
 from pirl_robot.models.pi0_fast import ATTENTION_BACKENDS
 from pirl_robot.models.tokenizer import PALIGEMMA_TOKENIZER, TokenizerMissingError, load_tokenizer, \
     train_word_tokenizer
@@ -66,6 +70,9 @@ def parse() -> argparse.Namespace:
     p.add_argument("--compile", type=int, nargs="*", default=None, metavar="BATCH",
                    help="also time the fast path under torch.compile (PiVLAConfig.compile) at these batches "
                         "(default: 1); compiling costs about a minute per batch size on first use")
+    p.add_argument("--compile-mode", default="default", choices=list(COMPILE_MODES),
+                   help="torch.compile mode of the --compile rows (PiVLAConfig.compile_mode)")
+    p.add_argument("--no-ppo", action="store_true", help="skip the PPO update rows")
     p.add_argument("--tokenizer", default=PALIGEMMA_TOKENIZER)
     p.add_argument("--out", default="bench/results")
     a = p.parse_args()
@@ -239,7 +246,7 @@ def bench_lerobot(model, spec, args, device, table: Table, kind: str, autocast: 
 
 
 def bench_ppo(model, spec, args, device, table: Table, kind: str, path: str) -> None:
-    for b in args.ppo_batch:
+    for b in [] if args.no_ppo else args.ppo_batch:
         bench_ppo_batch(model, spec, args, device, table, kind, path, b)
 
 
@@ -346,10 +353,11 @@ def main() -> None:
                         and r["measure"] == "chunk" and r["batch"] == min(args.batch) and r["K"] == args.steps[0]]
                 best = min(rows, key=lambda r: r["ms"])["path"] if rows else f"[{args.attention[0]}]"
                 model.cfg.attention = best[best.rindex("[") + 1:-1]
-                model.cfg.compile, model._graphs = True, None
-                bench_chunks(model, spec, args, device, table, kind, f"{fast} + compile [{model.cfg.attention}]",
-                             batches=args.compile)
-                model.cfg.compile, model._graphs = False, None
+                model.cfg.compile, model.cfg.compile_mode, model._graphs = True, args.compile_mode, None
+                mode = "" if args.compile_mode == "default" else f" {args.compile_mode}"
+                bench_chunks(model, spec, args, device, table, kind,
+                             f"{fast} + compile{mode} [{model.cfg.attention}]", batches=args.compile)
+                model.cfg.compile, model.cfg.compile_mode, model._graphs = False, "default", None
             del model
             if device.type == "cuda":
                 torch.cuda.empty_cache()

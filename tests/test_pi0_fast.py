@@ -11,6 +11,7 @@ import torch
 
 from pirl_robot.flow import ChainConfig, chain_log_prob, sample_chain
 from pirl_robot.models.factory import build_model
+from pirl_robot.models import pi0_fast
 from pirl_robot.models.pi0_fast import FastContext, StaleContextError
 from pirl_robot.models.tiny_vla import tiny_options
 from pirl_robot.models.tokenizer import train_word_tokenizer
@@ -74,20 +75,22 @@ def test_fast_chain_bf16_close_to_lerobot_bf16(kind, tokenizer_dir):
     assert (fast.actions - ref.actions).abs().max() > 0  # bf16 really ran (the paths round differently)
 
 
-@pytest.mark.parametrize("kind", ["pi0", "pi05"])
-@pytest.mark.parametrize("mode", ["mixed", "noise", "sde"])
-def test_efficient_update_logp_and_gradients_equal(kind, mode, tokenizer_dir):
+@pytest.mark.parametrize("kind,mode,one_task", [(k, m, False) for k in ("pi0", "pi05") for m in ("mixed", "noise", "sde")]
+                         + [("pi0", "sde", True)])
+def test_efficient_update_logp_and_gradients_equal(kind, mode, one_task, tokenizer_dir):
     """The update through the fast path (prefix rebuilt without an autograd graph, suffix K/V concatenated)
-    scores stored chains and backpropagates exactly as lerobot's path does."""
+    scores stored chains and backpropagates exactly as lerobot's path does (one_task: pi0's mask-free path)."""
     m = model(kind, tokenizer_dir).train()
     cfg = ChainConfig(num_steps=3, mode=mode)
+    batch = lambda: {**make_batch(3), **({"instruction": [TASKS[0]] * 3} if one_task else {})}  # noqa: E731
     with torch.no_grad():
-        stored = chain(m, False, make_batch(3), cfg)
+        stored = chain(m, False, batch(), cfg)
     results = {}
     for fast in (False, True):
         m.cfg.fast_path = "on" if fast else "off"
         m.zero_grad()
-        ctx = m.encode(make_batch(3))
+        ctx = m.encode(batch())
+        assert not fast or (ctx.suffix_mask is None) == one_task
         out = chain_log_prob(m, ctx, stored, cfg)
         (out["logp"].sum() + out["entropy"].sum() + m.value(ctx, out["feats_mean"]).sum()).backward()
         results[fast] = out["logp"].detach(), {n: p.grad.clone() for n, p in m.named_parameters()
@@ -99,6 +102,63 @@ def test_efficient_update_logp_and_gradients_equal(kind, mode, tokenizer_dir):
     for n in g_ref:
         scale = g_ref[n].abs().max().clamp_min(1e-8)
         assert (g_fast[n] - g_ref[n]).abs().max() / scale <= 1e-4, n
+
+
+@pytest.mark.parametrize("mode", ["ode", "sde"])
+def test_mask_free_prefix_equals_lerobot_path(mode, tokenizer_dir):
+    """One instruction for the whole batch: pi0 drops the padding columns and attends without masks (pi0's state
+    token in its own call); the chain is lerobot's. A missing camera or mixed instructions keep the masks."""
+    m = model("pi0", tokenizer_dir).eval()
+    cfg = ChainConfig(num_steps=4, mode=mode)
+    same = {**make_batch(3), "instruction": [TASKS[1]] * 3}
+    ref, fast = chain(m, False, same, cfg), chain(m, True, same, cfg)
+    ctx = m.encode(same)
+    assert ctx.suffix_mask is None and ctx.prefix_pad_masks.all()
+    m.cfg.fast_path = "off"
+    assert ctx.prefix_len < m.encode(same).prefix_pad_masks.shape[1]  # padding dropped
+    m.cfg.fast_path = "on"
+    assert (fast.xs - ref.xs).abs().max() <= 1e-5 and (fast.feats_mean - ref.feats_mean).abs().max() <= 1e-5
+    assert m.encode(make_batch(3)).suffix_mask is not None  # three instructions of different lengths
+    images, img_masks, tokens, mask, _ = m._prefix_inputs(same)
+    img_masks[1] = torch.tensor([True, False, True])  # a camera missing in one row
+    t2, m2, free = pi0_fast.drop_padding(tokens, mask, img_masks)
+    assert not free and t2.shape[1] == int(mask.sum(1).max())
+    m05 = model("pi05", tokenizer_dir, fast_path="on").eval()  # pi0.5's prompt carries the state: its padding stays
+    assert m05.encode({**same}).suffix_mask is not None
+
+
+def test_fused_projections_equal_and_follow_the_weights(tokenizer_dir):
+    """q/k/v and gate/up as one GEMM each (CUDA does this by itself; here it is switched on by hand): same chain;
+    optimiser steps and load_state_dict reach the fused weight; replaced weights are not read stale."""
+    m = model("pi0", tokenizer_dir, fast_path="on").eval()
+    cfg, batch = ChainConfig(num_steps=3, mode="ode"), make_batch(3)
+    noise = torch.randn(3, 4, m.action_dim)
+    run = lambda: sample_chain(m, m.encode(batch), cfg, noise=noise).actions  # noqa: E731
+    ref = run()
+    inner = m.policy.model
+    expert = inner.paligemma_with_expert.gemma_expert.model.layers[0]
+    keys = set(m.state_dict())
+    pi0_fast.fuse_projections(inner)
+    fused = expert.self_attn.__dict__[pi0_fast.FUSED]
+    assert expert.self_attn.q_proj.weight.data_ptr() == fused.data_ptr() and set(m.state_dict()) == keys
+    assert (run() - ref).abs().max() <= 1e-5
+    calls = []
+    hook = expert.self_attn.k_proj.register_forward_hook(lambda *a: calls.append(1))
+    run()
+    assert not calls  # the fused GEMM ran, not k_proj's own
+    with torch.no_grad():  # an in-place update (what an optimiser does) is seen through the fused weight
+        expert.self_attn.q_proj.weight.mul_(1.5)
+        expert.mlp.up_proj.weight.add_(0.01)
+    moved = run()
+    assert (moved - ref).abs().max() > 1e-3
+    m.policy.model.paligemma_with_expert.gemma_expert.model.layers[0].self_attn.q_proj.weight.data = \
+        expert.self_attn.q_proj.weight.detach().clone()  # a replaced weight breaks the view: not read stale
+    assert (run() - moved).abs().max() <= 1e-5 and calls  # ran k_proj again, same numbers
+    hook.remove()
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    pi0_fast.fuse_projections(inner)  # fused again
+    m.load_state_dict({k: torch.zeros_like(v) if k.endswith("mlp.up_proj.weight") else v for k, v in state.items()})
+    assert expert.mlp.__dict__[pi0_fast.FUSED][expert.mlp.gate_proj.out_features:].abs().max() == 0
 
 
 def test_fast_sub_batch_context(tokenizer_dir):
@@ -156,6 +216,31 @@ def test_cuda_graphs_equal_eager_and_refuse_stale_contexts(kind, tokenizer_dir):
         graphed = sample_chain(m, m.encode(big), cfg, noise=noise[1]).actions
         m.cfg.cuda_graphs = False
         assert (graphed - sample_chain(m, m.encode(big), cfg, noise=noise[1]).actions).abs().max() <= 1e-4
+
+
+@pytest.mark.skipif(not CUDA, reason="the fused, mask-free graphs run on CUDA (run on the device machine)")
+@pytest.mark.parametrize("kind", ["pi0", "pi05"])
+def test_fused_mask_free_graphs_equal_lerobot_path(kind, tokenizer_dir):
+    """What a deploy node runs (fused projections, pi0's mask-free prefix at batch 1, CUDA graphs) against
+    lerobot's own path, in fp32 (1e-4) and with bf16 inference weights (5e-2, as prepare_inference above)."""
+    with torch.device("cuda"):
+        m = model(kind, tokenizer_dir).eval()
+    cfg = ChainConfig(num_steps=4, mode="ode")
+    noise = torch.randn(1, 4, m.action_dim, device="cuda")
+    batch = make_batch(1, device="cuda")
+    with torch.no_grad():
+        m.cfg.fast_path = "off"
+        ref = sample_chain(m, m.encode(batch), cfg, noise=noise).actions
+        m.cfg.fast_path = "on"
+        ctx = m.encode(batch)
+        assert ctx.graph is not None and (ctx.suffix_mask is None) == (kind == "pi0")
+        layer = m.policy.model.paligemma_with_expert.gemma_expert.model.layers[0]
+        assert pi0_fast.FUSED in layer.self_attn.__dict__
+        assert (sample_chain(m, ctx, cfg, noise=noise).actions - ref).abs().max() <= 1e-4
+        m.prepare_inference()
+        fast = sample_chain(m, m.encode(batch), cfg, noise=noise).actions
+    assert pi0_fast.FUSED in layer.self_attn.__dict__ and layer.self_attn.q_proj.weight.dtype == torch.bfloat16
+    assert (fast - ref).abs().max() <= 5e-2
 
 
 @pytest.mark.skipif(not CUDA, reason="SDPA kernel choice applies on CUDA (run on the device machine)")

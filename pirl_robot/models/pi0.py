@@ -55,6 +55,7 @@ from pirl_robot.models.tokenizer import PALIGEMMA_TOKENIZER, load_tokenizer
 from pirl_robot.spec import PolicySpec
 
 KINDS = ("pi0", "pi05")
+COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
 TINY_PREFIX = "pirl_tiny"  # variant names of pirl_robot.models.tiny_vla (tests and debug runs only)
 
 
@@ -84,6 +85,9 @@ class PiVLAConfig:
     fast_path: str = "auto"
     cuda_graphs: bool = True  # fast path on CUDA without gradients: replay captured graphs (models/cuda_graphs.py)
     compile: bool = False  # torch.compile the graphed prefix and step first (minutes once per machine; disk cache)
+    # torch.compile's mode: "default", or "max-autotune-no-cudagraphs" (also times GEMM tiles; longer first
+    # compile). The CUDA graphs are ours (models/cuda_graphs.py), so inductor's own cudagraph modes are not offered.
+    compile_mode: str = "default"
     # Precision of the frozen backbone (train_expert_only): it has no optimiser, so it needs no fp32 master copy;
     # "bfloat16" halves its memory and its read traffic in every prefix encode.
     backbone_dtype: str = "float32"
@@ -102,6 +106,8 @@ class PiVLAConfig:
             raise ValueError("backbone_dtype=bfloat16 needs train_expert_only (a trained backbone keeps fp32 masters)")
         if self.backbone_dtype == "bfloat16" and not self.autocast_bf16:
             raise ValueError("backbone_dtype=bfloat16 runs under autocast_bf16 (the fp32 expert meets bf16 features)")
+        if self.compile_mode not in COMPILE_MODES:
+            raise ValueError(f"PiVLAConfig.compile_mode must be one of {COMPILE_MODES}, got {self.compile_mode!r}")
         if self.attention not in pi0_fast.ATTENTION_BACKENDS:
             raise ValueError(f"PiVLAConfig.attention must be one of {sorted(pi0_fast.ATTENTION_BACKENDS)}, "
                              f"got {self.attention!r}")
@@ -291,17 +297,24 @@ class PiVLA(FlowPolicyModel):
         device = tokens.device
         if not self.fast_path_active(device):
             return self._encode_lerobot(images, img_masks, tokens, mask, state)
+        mask_free = False
+        if self.cfg.kind == "pi0":  # pi0.5's prompt length follows the state: it keeps its padding (one graph)
+            tokens, mask, mask_free = pi0_fast.drop_padding(tokens, mask, img_masks)
         # A frozen backbone has nothing to differentiate: its prefix is rebuilt without an autograd graph.
         grad = torch.is_grad_enabled() and not self.cfg.train_expert_only
         if device.type == "cuda" and self.cfg.cuda_graphs and not grad:
             if self._graphs is None:
                 from pirl_robot.models.cuda_graphs import PrefixGraphs
+                pi0_fast.fuse_projections(self.policy.model)  # before capture: the graphs read the fused weights
                 self._graphs = PrefixGraphs(self.policy.model, self.cfg.kind, lambda: self._fast_context(device),
-                                            compile=self.cfg.compile)
-            ctx = self._graphs.encode(images, img_masks, tokens, mask, state)
+                                            compile=self.cfg.compile, compile_mode=self.cfg.compile_mode)
+            ctx = self._graphs.encode(images, img_masks, tokens, mask, state, mask_free)
             return ctx.detached_copy() if torch.is_grad_enabled() else ctx  # an update's context must not move
+        if device.type == "cuda":
+            pi0_fast.fuse_projections(self.policy.model)  # on CUDA only: the CPU gains nothing from it
         with torch.set_grad_enabled(grad), self._fast_context(device):
-            return pi0_fast.encode_prefix(self.policy.model, self.cfg.kind, images, img_masks, tokens, mask, state)
+            return pi0_fast.encode_prefix(self.policy.model, self.cfg.kind, images, img_masks, tokens, mask, state,
+                                          mask_free)
 
     def _encode_lerobot(self, images, img_masks, tokens, mask, state) -> VLAContext:
         from lerobot.policies.common.vla_utils import make_att_2d_masks, prepare_attention_masks_4d
@@ -378,6 +391,7 @@ class PiVLA(FlowPolicyModel):
         if self.policy.model.action_out_proj.weight.device.type != "cuda":
             return
         self.policy.model.paligemma_with_expert.to(torch.bfloat16)
+        pi0_fast.fuse_projections(self.policy.model)  # now: frees the fp32 fused weights the cast left behind
         self.cfg.autocast_bf16 = True
         self._graphs = None  # graphs captured against the fp32 weights would read freed memory
 

@@ -12,9 +12,16 @@ What differs from lerobot's path (`models/pi0.py` calls lerobot's own `embed_pre
     builds `torch.tensor(att_masks)` on every call, a host-to-device copy that CUDA graph capture refuses);
   * attention through `F.scaled_dot_product_attention` (cuDNN on Hopper; `PiVLAConfig.attention` picks another)
     instead of the eager matmul-softmax-matmul, with the masks cast to the compute dtype once, not per layer;
+  * mask-free attention where no prefix token is padding (`mask_free`): pi0 drops the language columns that are
+    padding in every row first (`drop_padding`; exact), so a batch of one instruction has none. Then the prefix
+    and pi0.5's suffix attend without a mask (flash kernels, about half cuDNN's masked time at batch 1), and
+    pi0's suffix in two unmasked calls: its state token over prefix + itself, its action tokens over everything;
+  * without gradients, the q/k/v and the gate/up projections of every Gemma layer run as one GEMM each
+    (`fuse_projections`: the modules' weights become views of one fused tensor, so optimiser steps and
+    load_state_dict still reach it), which saves three small-GEMM launches per layer and step;
   * the cameras go through SigLIP as one batch (one set of kernels instead of one per camera).
-Every layer, norm, projection, rope and embedding is lerobot's / transformers' own module, called in lerobot's order;
-only the orchestration is ours. tests/test_pi0_fast.py holds it to lerobot's path (fp32 and bf16 tolerances there).
+Every layer, norm, projection, rope and embedding is lerobot's / transformers' own module (or its weights), called
+in lerobot's order; only the orchestration is ours. tests/test_pi0_fast.py holds it to lerobot's path (fp32 and bf16 tolerances there).
 
 On CUDA without gradients `encode` and `velocity` replay CUDA graphs (pirl_robot.models.cuda_graphs), one pair per
 input signature (batch size, image sizes, token length): a new signature is captured on first use (a second or
@@ -31,8 +38,9 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-# PiVLAConfig.attention -> the SDPA kernel allowed (None: torch's own choice, cuDNN on Hopper). Neither flash nor
-# the memory-efficient kernel takes a mask with grouped-query heads (bench/bench_attention.py), so these remain.
+# PiVLAConfig.attention -> the SDPA kernel of masked attention (None: torch's own choice, cuDNN on Hopper). Neither
+# flash nor the memory-efficient kernel takes a mask with grouped-query heads (bench/bench_attention.py), so these
+# remain; mask-free attention (no padded prefix token) gets flash first under every choice but "math".
 ATTENTION_BACKENDS = {"auto": None, "cudnn": "CUDNN_ATTENTION", "math": "MATH"}
 NEG = -2.3819763e38  # lerobot's OPENPI_ATTENTION_MASK_VALUE: masked logits stay finite (no NaN on all-pad rows)
 
@@ -47,7 +55,7 @@ class FastContext:
 
     keys: list[torch.Tensor]  # per VLM layer (B, kv_heads, L + S, head_dim): prefix in [:L], suffix tail in [L:]
     values: list[torch.Tensor]
-    suffix_mask: torch.Tensor  # (B, 1, S, L + S) additive mask of the suffix queries
+    suffix_mask: torch.Tensor | None  # (B, 1, S, L + S) additive mask of the suffix queries; None: mask-free
     suffix_positions: torch.Tensor  # (B, S) rope positions of the suffix tokens
     prefix_pad_masks: torch.Tensor  # (B, L) bool
     prefix_features: torch.Tensor  # (B, W_vlm) mean of the VLM prefix output over valid tokens
@@ -62,7 +70,8 @@ class FastContext:
     def select(self, idx: torch.Tensor | slice) -> "FastContext":
         """The context of a sub-batch (e.g. a PPO minibatch); a copy, detached from any CUDA graph."""
         self.check_fresh()
-        return FastContext([k[idx] for k in self.keys], [v[idx] for v in self.values], self.suffix_mask[idx],
+        mask = None if self.suffix_mask is None else self.suffix_mask[idx]
+        return FastContext([k[idx] for k in self.keys], [v[idx] for v in self.values], mask,
                            self.suffix_positions[idx], self.prefix_pad_masks[idx], self.prefix_features[idx],
                            None if self.state is None else self.state[idx])
 
@@ -88,25 +97,115 @@ def _rope():
 
 
 def attention_backend(name: str) -> contextlib.AbstractContextManager:
-    """A context in which the masked (Gemma) attention uses the named kernel (`ATTENTION_BACKENDS`); SigLIP's
-    unmasked attention keeps flash, which comes first where it applies. "auto" changes nothing."""
+    """A context in which the masked (Gemma) attention uses the named kernel (`ATTENTION_BACKENDS`); unmasked
+    attention (SigLIP's, a mask-free prefix) keeps flash, which comes first where it applies, except under "math".
+    "auto" changes nothing."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     backend = ATTENTION_BACKENDS[name]
     if backend is None:
         return contextlib.nullcontext()
+    if name == "math":  # the reference, everywhere (and what torch's FLOP counter can size with grouped-query heads)
+        return sdpa_kernel([SDPBackend.MATH])
     return sdpa_kernel([SDPBackend.FLASH_ATTENTION, getattr(SDPBackend, backend)], set_priority=True)
 
 
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
-    """q (B, H, S, D), k/v (B, KV, T, D) shared by H/KV query heads, additive mask (B, 1, S|1, T) -> (B, H, S, D)."""
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype), scale=scale,
-                                          enable_gqa=k.shape[1] != q.shape[1])
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+            scale: float) -> torch.Tensor:
+    """q (B, H, S, D), k/v (B, KV, T, D) shared by H/KV query heads, additive mask (B, 1, S|1, T) or None (every
+    query sees every key: flash kernels apply) -> (B, H, S, D)."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else mask.to(q.dtype),
+                                          scale=scale, enable_gqa=k.shape[1] != q.shape[1])
+
+
+Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
+
+
+def masked(mask: torch.Tensor | None) -> Attend:
+    return lambda q, k, v, scale: _attend(q, k, v, mask, scale)
+
+
+def pi0_suffix_unmasked(prefix_len: int) -> Attend:
+    """pi0's suffix without a mask: its state token (query 0) sees the prefix and itself, its action tokens see
+    every key; two unmasked calls instead of one masked one."""
+    def attend(q, k, v, scale):
+        state = _attend(q[:, :, :1], k[:, :, :prefix_len + 1], v[:, :, :prefix_len + 1], None, scale)
+        return torch.cat([state, _attend(q[:, :, 1:], k, v, None, scale)], 2)
+    return attend
+
+
+# --- fused projections ----------------------------------------------------------------------------------------
+FUSED = "_pirl_fused_weight"  # attribute of a Gemma attention / MLP module: its projections' weights in one tensor
+QKV, GATE_UP = ("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj")
+
+
+def _fusable(linears: list[torch.nn.Linear]) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    w = [m.weight for m in linears]
+    return (all(m.bias is None and not isinstance(p, DTensor) for m, p in zip(linears, w))
+            and len({(p.dtype, p.device, p.shape[1]) for p in w}) == 1)
+
+
+def _fused_intact(module, linears: list[torch.nn.Linear]) -> bool:
+    """Each weight still the view at its offset of the module's fused tensor (a .to() or a new Parameter breaks
+    that); pointer arithmetic only, so it is cheap enough to check at every eager call."""
+    fused = getattr(module, FUSED, None)
+    if fused is None:
+        return False
+    ptr, row = fused.data_ptr(), fused.stride(0) * fused.element_size()
+    for m in linears:
+        if m.weight.data_ptr() != ptr or m.weight.dtype != fused.dtype:
+            return False
+        ptr += m.weight.shape[0] * row
+    return ptr == fused.data_ptr() + fused.shape[0] * row
+
+
+def fuse_projections(inner) -> None:
+    """Make the q/k/v and gate/up weights of every Gemma layer (VLM and expert) views of one fused tensor per
+    module, so a no-grad forward does one GEMM where it did three (two). Memory is unchanged; the Parameter objects
+    stay (optimisers and load_state_dict write into the fused tensor). Idempotent and cheap when nothing changed;
+    a module whose weights were replaced since (a dtype or device cast) is fused again. Sharded (DTensor) or biased
+    weights are left alone, and `_layer` then runs the modules one by one."""
+    joint = inner.paligemma_with_expert
+    for model in (joint.paligemma.model.language_model, joint.gemma_expert.model):
+        for layer in model.layers:
+            for module, names in ((layer.self_attn, QKV), (layer.mlp, GATE_UP)):
+                linears = [getattr(module, n) for n in names]
+                if _fused_intact(module, linears):
+                    continue
+                if not _fusable(linears):
+                    module.__dict__.pop(FUSED, None)
+                    continue
+                fused = torch.cat([m.weight.detach() for m in linears], 0)
+                offset = 0
+                for m in linears:
+                    rows = m.weight.shape[0]
+                    m.weight.data = fused[offset:offset + rows]
+                    offset += rows
+                module.__dict__[FUSED] = fused  # a plain attribute: .to() must not copy it apart from the weights
+
+
+def _projections(module, names: tuple[str, ...], x: torch.Tensor) -> list[torch.Tensor]:
+    """The named projections of x: one GEMM over the fused weight when there is one and no gradient is needed."""
+    fused = getattr(module, FUSED, None)
+    linears = [getattr(module, n) for n in names]
+    # Under torch.compile the check ran when the graphs were made (PiVLA fuses right before); it is host code.
+    if fused is None or torch.is_grad_enabled() or not (torch.compiler.is_compiling()
+                                                         or _fused_intact(module, linears)):
+        return [m(x) for m in linears]
+    return list(F.linear(x, fused).split([m.out_features for m in linears], -1))
+
+
+def _mlp(mlp, x: torch.Tensor) -> torch.Tensor:
+    """GemmaMLP's forward: down(act(gate(x)) * up(x))."""
+    gate, up = _projections(mlp, GATE_UP, x)
+    return mlp.down_proj(mlp.act_fn(gate) * up)
 
 
 def _layer(layer, h: torch.Tensor, cond: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor,
            kv: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
-           mask: torch.Tensor) -> torch.Tensor:
+           attend: Attend) -> torch.Tensor:
     """One PiGemma decoder layer (lerobot's order: norm, attention, gated residual, norm, MLP, gated residual).
 
     kv(k, v) stores this call's rotated keys/values and returns the full keys/values to attend over."""
@@ -115,15 +214,13 @@ def _layer(layer, h: torch.Tensor, cond: torch.Tensor | None, cos: torch.Tensor,
     x, gate = layernorm_forward(layer.input_layernorm, h, cond)
     attn = layer.self_attn
     shape = (*x.shape[:-1], -1, attn.head_dim)
-    q = attn.q_proj(x).view(shape).transpose(1, 2)
-    k = attn.k_proj(x).view(shape).transpose(1, 2)
-    v = attn.v_proj(x).view(shape).transpose(1, 2)
+    q, k, v = (p.view(shape).transpose(1, 2) for p in _projections(attn, QKV, x))
     q, k = _rope()(q, k, cos, sin)
     k_all, v_all = kv(k, v)
-    o = _attend(q, k_all.to(q.dtype), v_all.to(q.dtype), mask, attn.scaling)
+    o = attend(q, k_all.to(q.dtype), v_all.to(q.dtype), attn.scaling)
     h = _gated_residual(h, attn.o_proj(o.transpose(1, 2).reshape(*x.shape[:-1], -1)), gate)
     x, gate = layernorm_forward(layer.post_attention_layernorm, h, cond)
-    return _gated_residual(h, layer.mlp(x), gate)
+    return _gated_residual(h, _mlp(layer.mlp, x), gate)
 
 
 def _embed_images(joint, images: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -151,10 +248,32 @@ def suffix_len(inner, kind: str) -> int:
     return inner.config.chunk_size + (1 if kind == "pi0" else 0)
 
 
+def drop_padding(tokens: torch.Tensor, lang_mask: torch.Tensor,
+                 img_masks: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """Drop the language columns that are padding in every row, and say whether the prefix is then mask-free (no
+    padding left, every camera present). Exact: a column padded in every row is never attended to, and the rope
+    positions (cumsum of the pad mask) of the rest do not change. One host sync (the pad masks' summary).
+
+    A new token length is a new CUDA-graph signature (a capture, or a compile with `compile: true`): pi0's prompt
+    is the instruction alone, fixed for a task; pi0.5's carries the state, so PiVLA does not call this for it."""
+    lang_mask = lang_mask.bool()
+    cams = torch.stack([m.all() for m in img_masks]).all().view(1) if img_masks else lang_mask.new_ones(1)
+    summary = torch.cat([lang_mask.any(0), lang_mask.all(0), cams]).cpu()
+    n = lang_mask.shape[1]
+    used, full, cams_ok = summary[:n], summary[n:2 * n], bool(summary[-1])
+    if not bool(used.all()):
+        keep = used.nonzero().squeeze(1).to(tokens.device)
+        tokens, lang_mask = tokens.index_select(1, keep), lang_mask.index_select(1, keep)
+        full = full[used]
+    return tokens, lang_mask, cams_ok and bool(full.all())
+
+
 def encode_prefix(inner, kind: str, images: list[torch.Tensor], img_masks: list[torch.Tensor],
-                  tokens: torch.Tensor, lang_mask: torch.Tensor, state: torch.Tensor | None) -> FastContext:
+                  tokens: torch.Tensor, lang_mask: torch.Tensor, state: torch.Tensor | None,
+                  mask_free: bool = False) -> FastContext:
     """lerobot's embed_prefix + the VLM forward with a cache, into the fast layout. Images already preprocessed
-    (lerobot's `_preprocess_images`); tokens / masks as lerobot's tokenizer step writes them."""
+    (lerobot's `_preprocess_images`); tokens / masks as lerobot's tokenizer step writes them. mask_free: the caller
+    checked that no prefix token is padding (`drop_padding`); attention then runs without masks."""
     joint = inner.paligemma_with_expert
     lm = joint.paligemma.model.language_model
     embs, pads = [], []
@@ -169,7 +288,7 @@ def encode_prefix(inner, kind: str, images: list[torch.Tensor], img_masks: list[
     s = suffix_len(inner, kind)
     # Prefix tokens attend to every valid prefix token (all of lerobot's prefix att_masks are 0); masking by key
     # alone changes only the outputs at pad positions, which no valid token and no suffix query ever reads.
-    key_mask = torch.where(pad, 0.0, NEG)[:, None, None, :].to(_attention_dtype(h))  # cast once, not per layer
+    key_mask = None if mask_free else torch.where(pad, 0.0, NEG)[:, None, None, :].to(_attention_dtype(h))
     cos, sin = lm.rotary_emb(h, pad.long().cumsum(1) - 1)
     keys, values = [], []
     for layer in lm.layers:
@@ -182,14 +301,15 @@ def encode_prefix(inner, kind: str, images: list[torch.Tensor], img_masks: list[
             vbuf[:, :, :n] = v
             return k, v
 
-        h = _layer(layer, h, None, cos, sin, store, key_mask)
+        h = _layer(layer, h, None, cos, sin, store, masked(key_mask))
         keys.append(kbuf)
         values.append(vbuf)
     out, _ = lm.norm(h)
     valid = pad.unsqueeze(-1).float()
     pooled = (out.float() * valid).sum(1) / valid.sum(1).clamp_min(1.0)
     positions = pad.sum(-1, keepdim=True) + torch.arange(s, device=pad.device)  # lerobot: offset + cumsum - 1
-    return FastContext(keys, values, _suffix_mask(pad, s, kind), positions, pad, pooled, state)
+    suffix_mask = None if mask_free else _suffix_mask(pad, s, kind)
+    return FastContext(keys, values, suffix_mask, positions, pad, pooled, state)
 
 
 def _suffix_mask(prefix_pad: torch.Tensor, s: int, kind: str) -> torch.Tensor:
@@ -231,7 +351,10 @@ def denoise_step(inner, kind: str, ctx: FastContext, x: torch.Tensor,
     h = _as_weights_dtype(embs, expert.layers)
     cos, sin = expert.rotary_emb(h, ctx.suffix_positions)
     n = ctx.prefix_len
-    mask = ctx.suffix_mask.to(_attention_dtype(h))  # once per step, not once per layer
+    if ctx.suffix_mask is not None:
+        attend = masked(ctx.suffix_mask.to(_attention_dtype(h)))  # cast once per step, not once per layer
+    else:
+        attend = pi0_suffix_unmasked(n) if kind == "pi0" else masked(None)
     in_place = not torch.is_grad_enabled()
     for i, layer in enumerate(expert.layers):
         kbuf, vbuf = ctx.keys[i], ctx.values[i]
@@ -243,7 +366,7 @@ def denoise_step(inner, kind: str, ctx: FastContext, x: torch.Tensor,
                 return kbuf, vbuf
             return torch.cat([kbuf[:, :, :n], k.to(kbuf.dtype)], 2), torch.cat([vbuf[:, :, :n], v.to(vbuf.dtype)], 2)
 
-        h = _layer(layer, h, cond, cos, sin, kv, mask)
+        h = _layer(layer, h, cond, cos, sin, kv, attend)
     out, _ = expert.norm(h, cond)
     feats = out[:, -inner.config.chunk_size:].to(torch.float32)
     return inner.action_out_proj(feats), feats
