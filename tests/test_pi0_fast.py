@@ -180,6 +180,8 @@ def test_bf16_backbone_needs_frozen_backbone(tokenizer_dir):
         model("pi0", tokenizer_dir, backbone_dtype="bfloat16")
     with pytest.raises(ValueError, match="attention must be one of"):
         model("pi0", tokenizer_dir, attention="efficient")  # takes no mask with grouped-query heads: not offered
+    with pytest.raises(ValueError, match="compile_mode must be one of"):
+        model("pi0", tokenizer_dir, compile_mode="reduce-overhead")  # inductor's graphs would nest in ours
     m = model("pi0", tokenizer_dir, backbone_dtype="bfloat16", autocast_bf16=True, fast_path="on")
     ctx = m.encode(make_batch(2))
     assert sample_chain(m, ctx, ChainConfig(num_steps=2, mode="ode")).actions.isfinite().all()
