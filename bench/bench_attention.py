@@ -7,8 +7,9 @@ Shapes (PaliGemma's Gemma 2B and the 300M expert: 8 query heads, 1 key/value hea
   prefix   every prefix token (2 cameras x 256 + 48 language tokens = 560) over the prefix, key padding mask
   step     the action expert's suffix (chunk 50 + pi0's state token = 51) over prefix + suffix (611 keys)
 Each kernel is replayed from a CUDA graph of --calls back-to-back calls, so the figure is GPU time per call
-without Python or launch overhead. "flash (no mask)" is what the fast path's mask-free prefix runs (no prefix token is padding: pi0 with one
-instruction per batch, see pi0_fast.drop_padding); with padding the mask is needed, which flash does not take.
+without Python or launch overhead. "flash (no mask)" is what the fast path's mask-free prefix runs (no prefix token
+is padding: pi0 with one instruction per batch, see pi0_fast.drop_padding); with padding the mask is needed, which
+flash does not take.
 """
 
 from __future__ import annotations

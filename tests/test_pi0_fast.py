@@ -75,7 +75,8 @@ def test_fast_chain_bf16_close_to_lerobot_bf16(kind, tokenizer_dir):
     assert (fast.actions - ref.actions).abs().max() > 0  # bf16 really ran (the paths round differently)
 
 
-@pytest.mark.parametrize("kind,mode,one_task", [(k, m, False) for k in ("pi0", "pi05") for m in ("mixed", "noise", "sde")]
+@pytest.mark.parametrize("kind,mode,one_task",
+                         [(k, m, False) for k in ("pi0", "pi05") for m in ("mixed", "noise", "sde")]
                          + [("pi0", "sde", True)])
 def test_efficient_update_logp_and_gradients_equal(kind, mode, one_task, tokenizer_dir):
     """The update through the fast path (prefix rebuilt without an autograd graph, suffix K/V concatenated)

@@ -11,9 +11,10 @@ small-M shapes of a batch-1 step); its artefacts are cached on disk (TORCHINDUCT
 ~/.cache/pirl_robot/inductor), so only the first start of a machine pays the compilation.
 
 A signature is the shapes and dtypes of the inputs (batch size, token length; images arrive already resized to the
-model's resolution) and whether the prefix is mask-free (pi0_fast.drop_padding). A new one is captured on first use; beyond `max_entries` the least recently used entry is
-dropped, and its contexts then fail `check_fresh()` instead of reading another batch's buffers. Weights are read in
-place at every replay, so optimiser steps on the same parameters are seen without recapture.
+model's resolution) and whether the prefix is mask-free (pi0_fast.drop_padding). A new one is captured on first
+use; beyond `max_entries` the least recently used entry is dropped, and its contexts then fail `check_fresh()`
+instead of reading another batch's buffers. Weights are read in place at every replay, so optimiser steps on the
+same parameters are seen without recapture.
 """
 
 from __future__ import annotations

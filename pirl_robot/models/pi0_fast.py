@@ -21,7 +21,8 @@ What differs from lerobot's path (`models/pi0.py` calls lerobot's own `embed_pre
     load_state_dict still reach it), which saves three small-GEMM launches per layer and step;
   * the cameras go through SigLIP as one batch (one set of kernels instead of one per camera).
 Every layer, norm, projection, rope and embedding is lerobot's / transformers' own module (or its weights), called
-in lerobot's order; only the orchestration is ours. tests/test_pi0_fast.py holds it to lerobot's path (fp32 and bf16 tolerances there).
+in lerobot's order; only the orchestration is ours. tests/test_pi0_fast.py holds it to lerobot's path (fp32 and
+bf16 tolerances there).
 
 On CUDA without gradients `encode` and `velocity` replay CUDA graphs (pirl_robot.models.cuda_graphs), one pair per
 input signature (batch size, image sizes, token length): a new signature is captured on first use (a second or
@@ -142,9 +143,8 @@ QKV, GATE_UP = ("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj")
 def _fusable(linears: list[torch.nn.Linear]) -> bool:
     from torch.distributed.tensor import DTensor
 
-    w = [m.weight for m in linears]
-    return (all(m.bias is None and not isinstance(p, DTensor) for m, p in zip(linears, w))
-            and len({(p.dtype, p.device, p.shape[1]) for p in w}) == 1)
+    return (all(m.bias is None and not isinstance(m.weight, DTensor) for m in linears)
+            and len({(m.weight.dtype, m.weight.device, m.in_features) for m in linears}) == 1)
 
 
 def _fused_intact(module, linears: list[torch.nn.Linear]) -> bool:
@@ -288,7 +288,7 @@ def encode_prefix(inner, kind: str, images: list[torch.Tensor], img_masks: list[
     s = suffix_len(inner, kind)
     # Prefix tokens attend to every valid prefix token (all of lerobot's prefix att_masks are 0); masking by key
     # alone changes only the outputs at pad positions, which no valid token and no suffix query ever reads.
-    key_mask = None if mask_free else torch.where(pad, 0.0, NEG)[:, None, None, :].to(_attention_dtype(h))
+    key_mask = None if mask_free else torch.where(pad, 0.0, NEG)[:, None, None, :].to(_attention_dtype(h))  # once
     cos, sin = lm.rotary_emb(h, pad.long().cumsum(1) - 1)
     keys, values = [], []
     for layer in lm.layers:
