@@ -19,7 +19,9 @@ def test_the_presets_are_found():
 def test_preset_composes_into_a_valid_run(name):
     cfg = compose("train", [f"+experiment={name}", "seed=3"])
     a = algo_config(cfg)  # every algo key known and every value valid (AlgoConfig / ChainConfig checks)
-    assert cfg.algo.kind == a.kind and cfg.rl.iterations > 0 and cfg.eval.episodes >= 96
+    assert cfg.algo.kind == a.kind and cfg.rl.iterations > 0
+    # issue 14's evaluations: >= 96 fixed PushCube seeds; LIBERO: all 50 standard init states of each task
+    assert cfg.eval.episodes >= (50 * len(cfg.env.libero.task_ids) if cfg.env.simulator == "libero" else 96)
     assert cfg.output_dir.startswith("outputs/") and "_s3" in cfg.output_dir
     if a.kind == "grpo":
         assert cfg.env.num_envs % a.group_size == 0  # whole groups per iteration
@@ -40,3 +42,13 @@ def test_the_weak_start_presets_share_the_start_and_explore_at_the_last_step():
     assert (grpo.group_reward, grpo.min_group_success, grpo.max_group_success) == ("return", 0.0, 1.0)
     stepnft = algo_config(cfgs["pushcube_stepnft"])  # the measured form: a 3e-4 step decaying to 0
     assert (stepnft.actor_lr, stepnft.lr_schedule) == (3e-4, "linear")
+
+
+def test_the_libero_preset_trains_one_libero_object_task_from_object_states():
+    cfg = compose("train", ["+experiment=libero_object_stepnft"])
+    assert (cfg.env.simulator, cfg.env.libero.suite, list(cfg.env.libero.task_ids)) == ("libero", "libero_object", [0])
+    assert cfg.env.libero.obs_mode == "state" and cfg.policy.kind == "flow_mlp"  # CPU: no rendering
+    assert cfg.eval.episodes == 50  # every standard init state of the task once
+    a = algo_config(cfg)
+    assert a.kind == "stepnft" and a.chain.first_stochastic_step == 3
+    assert a.chain.noise_level < 1.0  # PushCube's a = 1.0 failed every LIBERO rollout of a 66% SFT policy
