@@ -287,8 +287,9 @@ def encode_prefix(inner, kind: str, images: list[torch.Tensor], img_masks: list[
     b, n = pad.shape
     s = suffix_len(inner, kind)
     # Prefix tokens attend to every valid prefix token (all of lerobot's prefix att_masks are 0); masking by key
-    # alone changes only the outputs at pad positions, which no valid token and no suffix query ever reads.
-    key_mask = None if mask_free else torch.where(pad, 0.0, NEG)[:, None, None, :].to(_attention_dtype(h))  # once
+    # alone changes only the outputs at pad positions, which no valid token and no suffix query ever reads. The mask
+    # is built and cast here, once for every layer.
+    key_mask = None if mask_free else torch.where(pad, 0.0, NEG)[:, None, None, :].to(_attention_dtype(h))
     cos, sin = lm.rotary_emb(h, pad.long().cumsum(1) - 1)
     keys, values = [], []
     for layer in lm.layers:
