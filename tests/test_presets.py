@@ -44,11 +44,21 @@ def test_the_weak_start_presets_share_the_start_and_explore_at_the_last_step():
     assert (stepnft.actor_lr, stepnft.lr_schedule) == (3e-4, "linear")
 
 
-def test_the_libero_preset_trains_one_libero_object_task_from_object_states():
-    cfg = compose("train", ["+experiment=libero_object_stepnft"])
+LIBERO = {"libero_object_stepnft": "stepnft", "libero_object_ppo": "ppo"}
+
+
+@pytest.mark.parametrize("name", LIBERO)
+def test_the_libero_presets_train_one_libero_object_task_from_object_states(name):
+    cfg = compose("train", [f"+experiment={name}"])
     assert (cfg.env.simulator, cfg.env.libero.suite, list(cfg.env.libero.task_ids)) == ("libero", "libero_object", [0])
     assert cfg.env.libero.obs_mode == "state" and cfg.policy.kind == "flow_mlp"  # CPU: no rendering
     assert cfg.eval.episodes == 50  # every standard init state of the task once
     a = algo_config(cfg)
-    assert a.kind == "stepnft" and a.chain.first_stochastic_step == 3
+    assert a.kind == LIBERO[name] and a.chain.first_stochastic_step == 3
     assert a.chain.noise_level < 1.0  # PushCube's a = 1.0 failed every LIBERO rollout of a 66% SFT policy
+    assert a.actor_lr <= 1e-5  # 5e-5 turned a 56% policy into 0/8 rollouts after one update
+
+
+def test_the_libero_presets_share_one_start():
+    starts = [(c.demos, c.sft, c.env.libero) for c in (compose("train", [f"+experiment={n}"]) for n in LIBERO)]
+    assert all(s == starts[0] for s in starts)
