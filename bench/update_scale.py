@@ -75,10 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.checkpoint}, a = {args.noise_level}: RMS change of the ODE actions after one update "
           "(normalised action units)")
     print(f"{'lr':>8}  {'mean':>7}  per action dim")
+    spec = Policy.load(args.checkpoint).spec
+    states = load_demos(args.demos, chunk_size=spec.chunk_size, spec=spec).batch(slice(None))["state"].float()
     for lr in args.lr:
-        policy = Policy.load(args.checkpoint)  # a fresh copy per rate
-        states = load_demos(args.demos, chunk_size=policy.spec.chunk_size, spec=policy.spec).batch(slice(None))
-        rms, _ = action_change(policy, states["state"].float(), args.noise_level, lr)
+        rms, _ = action_change(Policy.load(args.checkpoint), states, args.noise_level, lr)  # a fresh copy per rate
         print(f"{lr:8.0e}  {rms.mean():7.4f}  {' '.join(f'{x:.3f}' for x in rms.tolist())}", flush=True)
     return 0
 
