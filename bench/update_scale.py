@@ -2,7 +2,7 @@
 
 How far one RL update moves a policy's actions, before any simulator runs: from a checkpoint and the demos it was
 cloned from, sample Flow-SDE transitions (exploration at the last denoising step) on demo states, take one
-π-StepNFT update (2 epochs of 128-row minibatches, AdamW as the trainer builds it, grad-norm clip 1.0) with labels
+π-StepNFT update (the trainer's own: 2 epochs of 128-row minibatches, AdamW, grad-norm clip 1.0) with labels
 that are +/-1 at random (a noise-dominated gradient, which is what a real update mostly is), and print the RMS
 change of the ODE actions on 512 demo states, in the model's normalised action units. Compare two tasks at the
 same learning rate to see why one tolerates a step that breaks the other (docs/benchmarks.md, issue 14).
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -21,47 +22,40 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pirl_robot.data.demos import load_demos  # noqa: E402
-from pirl_robot.flow.sampler import ChainConfig, sample_chain  # noqa: E402
-from pirl_robot.flow.steps import time_grid  # noqa: E402
+from pirl_robot.flow.sampler import ChainConfig  # noqa: E402
 from pirl_robot.policy import Policy  # noqa: E402
-from pirl_robot.rl.losses import StepNFTConfig, stepnft_loss  # noqa: E402
+from pirl_robot.rl.algorithms import AlgoConfig, StepNFT  # noqa: E402
+from pirl_robot.rl.losses import StepNFTConfig  # noqa: E402
+from pirl_robot.rl.rollout import Rollout  # noqa: E402
+from pirl_robot.rl.trainer import Trainer  # noqa: E402
 
 
 def action_change(policy: Policy, states: torch.Tensor, noise_level: float, lr: float, rows: int = 384,
-                  minibatch: int = 128, seed: int = 0) -> tuple[torch.Tensor, float]:
-    """Per-action-dim RMS change of the ODE actions after one update at `lr`, and the last gradient norm."""
+                  seed: int = 0) -> torch.Tensor:
+    """Per-action-dim RMS change of the ODE actions after one update at `lr` (the trainer's own update on
+    `configs/algo/stepnft.yaml`'s epochs and minibatches)."""
     model = policy.model
     g = torch.Generator().manual_seed(seed)
-    train = states[torch.randint(len(states), (rows,), generator=g)]
-    held = states[torch.randint(len(states), (512,), generator=g)]
+    train = {"state": states[torch.randint(len(states), (rows,), generator=g)]}
+    held = {"state": states[torch.randint(len(states), (512,), generator=g)]}
     k = policy.sampler.num_steps
-    step = k - 1  # the one stochastic step, as the issue 14 presets explore
-    noise = torch.randn(len(held), model.chunk_size, model.action_dim, generator=g)
+    # exploration at the last denoising step only, as the issue 14 presets
+    sde = ChainConfig(num_steps=k, mode="sde", noise_level=noise_level, first_stochastic_step=k - 1)
     ode = ChainConfig(num_steps=k, mode="ode")
-    sde = ChainConfig(num_steps=k, mode="sde", noise_level=noise_level, first_stochastic_step=step)
-    with torch.no_grad():
-        before = sample_chain(model, policy.encode({"state": held}), ode, noise=noise).actions
-        chain = sample_chain(model, policy.encode({"state": train}), sde, generator=g)
-    labels = torch.where(torch.rand(rows, generator=g) < 0.5, 1.0, -1.0)
-    params = model.policy_parameters()
-    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
-    cfg = StepNFTConfig(noise_level=noise_level)
-    t = time_grid(k)[step]
-    model.train()
-    for _ in range(2):
-        for j in torch.randperm(rows, generator=g).split(minibatch):
-            x_t = chain.xs[j, step]
-            v, _ = model.velocity(policy.encode({"state": train[j]}), x_t, t.expand(len(j)))
-            loss, _ = stepnft_loss(v, chain.velocities[j, step], x_t, chain.xs[j, step + 1], t.expand(len(j)),
-                                   1.0 / k, labels[j], cfg)
-            opt.zero_grad()
-            loss.backward()
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, 1.0))
-            opt.step()
-    model.eval()
-    with torch.no_grad():
-        after = sample_chain(model, policy.encode({"state": held}), ode, noise=noise).actions
-    return (after - before).pow(2).mean((0, 1)).sqrt(), grad_norm
+    noise = torch.randn(512, model.chunk_size, model.action_dim, generator=g)
+    before = policy.sample(held, ode, noise=noise)[0].actions
+    chain = policy.sample(train, sde, generator=g)[0]
+    zeros = torch.zeros(rows)
+    rollout = Rollout(raw=train, xs=chain.xs, stochastic=chain.stochastic, velocities=chain.velocities,
+                      feats_mean=chain.feats_mean, logp=chain.logp, values=zeros, advantages=zeros, returns=zeros,
+                      labels=torch.where(torch.rand(rows, generator=g) < 0.5, 1.0, -1.0))
+    rollout.step = StepNFT.training_steps(rollout, g)
+    algo = AlgoConfig(kind="stepnft", chain=sde, stepnft=StepNFTConfig(noise_level=noise_level), update_epochs=2,
+                      minibatch_size=128, actor_lr=lr)
+    with tempfile.TemporaryDirectory() as out:  # the trainer writes nothing before a save
+        Trainer(policy, env=None, algo=algo, out_dir=out, seed=seed, progress=False).update(rollout)
+    after = policy.sample(held, ode, noise=noise)[0].actions
+    return (after - before).pow(2).mean((0, 1)).sqrt()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = Policy.load(args.checkpoint).spec
     states = load_demos(args.demos, chunk_size=spec.chunk_size, spec=spec).batch(slice(None))["state"].float()
     for lr in args.lr:
-        rms, _ = action_change(Policy.load(args.checkpoint), states, args.noise_level, lr)  # a fresh copy per rate
+        rms = action_change(Policy.load(args.checkpoint), states, args.noise_level, lr)  # a fresh copy per rate
         print(f"{lr:8.0e}  {rms.mean():7.4f}  {' '.join(f'{x:.3f}' for x in rms.tolist())}", flush=True)
     return 0
 
