@@ -3,8 +3,10 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from pirl_robot.config import compose
+from pirl_robot.flow.steps import sde_step_stats, time_grid
 from pirl_robot.train import algo_config
 
 PRESETS = sorted(p.stem for p in (Path(__file__).parents[1] / "configs" / "experiment").glob("*.yaml"))
@@ -42,6 +44,20 @@ def test_the_weak_start_presets_share_the_start_and_explore_at_the_last_step():
     assert (grpo.group_reward, grpo.min_group_success, grpo.max_group_success) == ("return", 0.0, 1.0)
     stepnft = algo_config(cfgs["pushcube_stepnft"])  # the measured form: a 3e-4 step decaying to 0
     assert (stepnft.actor_lr, stepnft.lr_schedule) == (3e-4, "linear")
+
+
+def test_the_flow_noise_preset_explores_where_and_as_much_as_flow_sde():
+    noise, sde = (compose("train", [f"+experiment={n}"]) for n in ("pushcube_flow_noise", "pushcube_2demos"))
+    assert (noise.demos, noise.sft, noise.eval.episodes, noise.env.maniskill) == (
+        sde.demos, sde.sft, sde.eval.episodes, sde.env.maniskill)
+    a, b = algo_config(noise), algo_config(sde)
+    assert (a.kind, a.chain.mode, b.kind) == ("ppo", "noise", "ppo")
+    assert a.chain.first_stochastic_step == b.chain.first_stochastic_step == a.chain.num_steps - 1
+    k = b.chain.num_steps  # Flow-SDE's std at its one stochastic (last) step
+    t = time_grid(k)[k - 1 : k]
+    _, std = sde_step_stats(torch.zeros(1, 1), torch.zeros(1, 1), t, 1.0 / k, b.chain.noise_level)
+    lo, hi = noise.policy.model.noise_std_min, noise.policy.model.noise_std_max
+    assert lo < float(std) < hi and abs((lo * hi) ** 0.5 - float(std)) < 0.01  # the band's middle (tanh(0))
 
 
 LIBERO = {"libero_object_stepnft": "stepnft", "libero_object_ppo": "ppo"}
