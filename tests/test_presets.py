@@ -31,10 +31,14 @@ def test_preset_composes_into_a_valid_run(name):
         assert a.stepnft.noise_level == a.chain.noise_level
 
 
+def start_of(cfg):
+    """What makes two runs start from the same SFT policy and score on the same evaluation."""
+    return cfg.demos, cfg.sft, cfg.eval.episodes, cfg.env.maniskill
+
+
 def test_the_weak_start_presets_share_the_start_and_explore_at_the_last_step():
     cfgs = {n: compose("train", [f"+experiment={n}"]) for n in WEAK_START}
-    starts = {n: (c.demos, c.sft, c.eval.episodes, c.env.maniskill) for n, c in cfgs.items()}
-    assert all(s == starts["pushcube_2demos"] for s in starts.values())
+    assert all(start_of(c) == start_of(cfgs["pushcube_2demos"]) for c in cfgs.values())
     assert cfgs["pushcube_2demos"].demos.episodes == 2
     assert [algo_config(cfgs[n]).kind for n in WEAK_START] == ["ppo", "grpo", "stepnft"]
     for n in WEAK_START:
@@ -48,8 +52,7 @@ def test_the_weak_start_presets_share_the_start_and_explore_at_the_last_step():
 
 def test_the_flow_noise_preset_explores_where_and_as_much_as_flow_sde():
     noise, sde = (compose("train", [f"+experiment={n}"]) for n in ("pushcube_flow_noise", "pushcube_2demos"))
-    assert (noise.demos, noise.sft, noise.eval.episodes, noise.env.maniskill) == (
-        sde.demos, sde.sft, sde.eval.episodes, sde.env.maniskill)
+    assert start_of(noise) == start_of(sde)
     a, b = algo_config(noise), algo_config(sde)
     assert (a.kind, a.chain.mode, b.kind) == ("ppo", "noise", "ppo")
     assert a.chain.first_stochastic_step == b.chain.first_stochastic_step == a.chain.num_steps - 1
