@@ -1,5 +1,6 @@
 """Advantage estimators and losses of PPO, GRPO and π-StepNFT."""
 
+import pytest
 import torch
 
 from pirl_robot.flow import ChainConfig, sample_chain
@@ -218,17 +219,18 @@ def test_stepnft_trains_only_the_stochastic_steps_it_rolled_out():
     assert set(StepNFT.training_steps(every, gen).tolist()) == {0, 1, 2, 3}
 
 
-def test_stepnft_update_lowers_the_positive_branch_on_success_and_the_negative_on_failure():
+@pytest.mark.parametrize("centre_labels", [False, True])
+def test_stepnft_update_lowers_the_positive_branch_on_success_and_the_negative_on_failure(centre_labels):
     from pirl_robot.flow.steps import time_grid
     from pirl_robot.rl.algorithms import AlgoConfig, StepNFT
 
     policy = _tiny_policy()
     k, a = 4, 1.0
     cfg = AlgoConfig(kind="stepnft", chain=ChainConfig(num_steps=k, mode="sde", noise_level=a, first_stochastic_step=3),
-                     stepnft=StepNFTConfig(noise_level=a))
+                     stepnft=StepNFTConfig(noise_level=a, centre_labels=centre_labels))
     rollout = _episode_rollout(policy, torch.randn(32, 4), 2, cfg.chain)
-    success = torch.rand(32, generator=torch.Generator().manual_seed(1)) < 0.5
-    rollout.labels = torch.where(success, 1.0, -1.0)[rollout.env_of_row]
+    success = torch.rand(32, generator=torch.Generator().manual_seed(1)) < 0.3
+    rollout.labels = StepNFT(cfg).ranking_labels(torch.where(success, 1.0, -1.0)[rollout.env_of_row])
     rollout.step = StepNFT.training_steps(rollout, torch.Generator().manual_seed(0))
     rows = torch.arange(len(rollout))
     x_t, x_next = rollout.xs[rows, rollout.step], rollout.xs[rows, rollout.step + 1]
@@ -256,3 +258,33 @@ def test_stepnft_update_lowers_the_positive_branch_on_success_and_the_negative_o
     assert after_minus[neg].mean() < e_minus[neg].mean()
     assert after_minus[pos].mean() > e_minus[pos].mean() and after_plus[neg].mean() > e_plus[neg].mean()
     assert algo.loss(policy, rollout, rows)[0] < loss
+
+
+def test_stepnft_centred_labels_sum_to_zero_and_leave_no_gradient_without_contrast():
+    """Centring subtracts a constant: rows keep their order, and a rollout where every episode failed carries no
+    signal (each row's gradient at v_theta = v_old is its label times zero-mean SDE noise), so it moves nothing."""
+    from pirl_robot.rl.algorithms import AlgoConfig, StepNFT
+
+    def algo(centre):
+        return StepNFT(AlgoConfig(kind="stepnft", chain=ChainConfig(mode="sde", noise_level=1.0, first_stochastic_step=3),
+                                  stepnft=StepNFTConfig(noise_level=1.0, centre_labels=centre)))
+
+    y = torch.tensor([1.0, -1.0, -1.0, -1.0, -1.0])
+    centred = algo(True).ranking_labels(y)
+    assert abs(centred.sum().item()) < 1e-6 and centred[0] > 0 > centred[1]
+    torch.testing.assert_close(centred, torch.tensor([1.6, -0.4, -0.4, -0.4, -0.4]))
+    assert torch.equal(algo(False).ranking_labels(y), y)
+
+    policy = _tiny_policy()
+    rollout = _episode_rollout(policy, torch.randn(16, 4), 2, algo(True).cfg.chain)
+    rows = torch.arange(len(rollout))
+    rollout.step = StepNFT.training_steps(rollout, torch.Generator().manual_seed(0))
+    grads = {}
+    for centre in (False, True):
+        a = algo(centre)
+        rollout.labels = a.ranking_labels(-torch.ones(len(rollout)))  # every episode failed
+        policy.model.zero_grad()
+        a.loss(policy, rollout, rows)[0].backward()
+        grads[centre] = torch.cat([p.grad.flatten() for p in policy.model.policy_parameters() if p.grad is not None])
+    assert grads[False].abs().sum() > 0  # +/-1: the failures alone push along their own noise
+    assert grads[True].abs().max() < 1e-6

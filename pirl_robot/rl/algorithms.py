@@ -189,7 +189,13 @@ class StepNFT(Algorithm):
         seeds = ctx.next_seeds(ctx.env.num_envs)
         rollout, _ = collect_episodes(ctx.policy, ctx.env, seeds, self.cfg.chain, ctx.generator, ctx.max_chunks)
         rollout.step = self.training_steps(rollout, ctx.generator)
+        rollout.labels = self.ranking_labels(rollout.labels)
         return rollout
+
+    def ranking_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        """+1/-1 per row, or with stepnft.centre_labels minus their mean over this rank's rows (a constant baseline
+        leaves the expected gradient alone, so a per-rank one needs no all-reduce)."""
+        return labels - labels.mean() if self.cfg.stepnft.centre_labels else labels
 
     @staticmethod
     def training_steps(rollout: Rollout, generator: torch.Generator) -> torch.Tensor:

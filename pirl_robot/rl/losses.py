@@ -54,6 +54,10 @@ class StepNFTConfig:
     beta_dpo: float = 1.0
     max_delta_norm: float = 0.5
     reg_coef: float = 1e-4
+    # y - mean(y) over the rollout's rows instead of +/-1: the same expected gradient (the rank gradient at
+    # v_theta = v_old is y times zero-mean SDE noise, and a constant baseline leaves its mean alone) with less
+    # variance when success is rare and the -1 rows dominate, as a baseline does for REINFORCE
+    centre_labels: bool = False
 
 
 def stepnft_energies(v_theta: torch.Tensor, v_old: torch.Tensor, x_t: torch.Tensor, x_next: torch.Tensor,
@@ -73,7 +77,8 @@ def stepnft_energies(v_theta: torch.Tensor, v_old: torch.Tensor, x_t: torch.Tens
 def stepnft_loss(v_theta: torch.Tensor, v_old: torch.Tensor, x_t: torch.Tensor, x_next: torch.Tensor,
                  t: torch.Tensor, d: float, label: torch.Tensor,
                  cfg: StepNFTConfig) -> tuple[torch.Tensor, dict[str, float]]:
-    """π-StepNFT: softplus(beta_dpo/2 * y * (E+ - E-)) + reg * mean((v_theta - v_old)^2), y = +1 success, -1 failure.
+    """π-StepNFT: softplus(beta_dpo/2 * y * (E+ - E-)) + reg * mean((v_theta - v_old)^2), y = +1 success, -1 failure
+    (or those minus their mean, StepNFTConfig.centre_labels).
 
     Minimising it makes the positive branch explain successful transitions and the negative branch failed ones;
     no likelihood of the chain and no critic are needed.
