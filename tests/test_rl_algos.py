@@ -288,3 +288,27 @@ def test_stepnft_centred_labels_sum_to_zero_and_leave_no_gradient_without_contra
         grads[centre] = torch.cat([p.grad.flatten() for p in policy.model.policy_parameters() if p.grad is not None])
     assert grads[False].abs().sum() > 0  # +/-1: the failures alone push along their own noise
     assert grads[True].abs().max() < 1e-6
+
+
+def test_velocity_drift_is_zero_for_the_start_itself_and_grows_with_a_change_at_one_step():
+    """bench/velocity_drift.py: no change of a policy against itself; a velocity change added at one denoising
+    time only shows at that step (the chain's earlier points are the SFT chain's own)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "velocity_drift.py"
+    spec = importlib.util.spec_from_file_location("velocity_drift", path)
+    drift = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(drift)
+
+    start, tuned = _tiny_policy(), _tiny_policy()
+    states = torch.randn(64, 4, generator=torch.Generator().manual_seed(3))
+    per_step, actions = drift.velocity_drift(start, tuned, states)
+    assert per_step == [0.0] * 4 and actions == 0.0
+
+    velocity = tuned.model.velocity
+    tuned.model.velocity = lambda ctx, x, t: (velocity(ctx, x, t)[0] + 0.5 * (t[0] < 0.3).float(),
+                                              velocity(ctx, x, t)[1])  # moves only the last step (t = 0.25)
+    per_step, actions = drift.velocity_drift(start, tuned, states)
+    assert per_step[:3] == [0.0] * 3 and per_step[3] > 0
+    assert abs(actions - 0.25 * 0.5) < 1e-5  # d * the added velocity, in every action entry
