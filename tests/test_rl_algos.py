@@ -307,8 +307,12 @@ def test_velocity_drift_is_zero_for_the_start_itself_and_grows_with_a_change_at_
     assert per_step == [0.0] * 4 and actions == 0.0
 
     velocity = tuned.model.velocity
-    tuned.model.velocity = lambda ctx, x, t: (velocity(ctx, x, t)[0] + 0.5 * (t[0] < 0.3).float(),
-                                              velocity(ctx, x, t)[1])  # moves only the last step (t = 0.25)
+
+    def moved_at_last_step(ctx, x, t):  # adds 0.5 to the velocity at the last step (t = 0.25) only
+        v, feats = velocity(ctx, x, t)
+        return v + 0.5 * (t[0] < 0.3).float(), feats
+
+    tuned.model.velocity = moved_at_last_step
     per_step, actions = drift.velocity_drift(start, tuned, states)
     assert per_step[:3] == [0.0] * 3 and per_step[3] > 0
     assert abs(actions - 0.25 * 0.5) < 1e-5  # d * the added velocity, in every action entry
