@@ -81,3 +81,10 @@ def test_the_libero_presets_train_one_libero_object_task_from_object_states(name
 def test_the_libero_presets_share_one_start():
     starts = [(c.demos, c.sft, c.env.libero) for c in (compose("train", [f"+experiment={n}"]) for n in LIBERO)]
     assert all(s == starts[0] for s in starts)
+
+
+@pytest.mark.parametrize("algo", ["flow_sde_ppo", "flow_noise_ppo", "grpo"])
+def test_the_ratio_algorithms_take_a_kl_stop_as_a_plain_override(algo):
+    """target_kl is in each ratio-clipped algorithm's yaml (off), so `algo.target_kl=0.1` needs no '+'."""
+    assert algo_config(compose("train", [f"algo={algo}"])).target_kl is None
+    assert algo_config(compose("train", [f"algo={algo}", "algo.target_kl=0.1"])).target_kl == 0.1

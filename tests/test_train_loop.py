@@ -92,6 +92,26 @@ def test_linear_lr_schedule_falls_to_zero_at_the_last_iteration(setup, tmp_path)
         replace(algo, lr_schedule="cosine")
 
 
+def test_target_kl_ends_the_update_early(setup, tmp_path):
+    """A KL stop (cleanrl / SB3's target_kl) cuts the epoch loop: fewer optimizer steps than epochs x minibatches."""
+    from dataclasses import replace
+
+    spec, stats, env = setup
+
+    def optimizer_steps(target_kl):
+        torch.manual_seed(0)
+        model = build_model("flow_mlp", {"hidden": 32, "token_dim": 8, "obs_dim": 16}, spec)
+        policy = Policy(spec, model, PolicyTransforms(spec, stats["state"], stats["actions"]))
+        algo = replace(ALGOS["flow_sde_ppo"], actor_lr=1e-2, target_kl=target_kl)  # 16 rows: 2 minibatches
+        trainer = Trainer(policy, env, algo, tmp_path, seed=0, max_chunks=8, eval_every=0, save_every=0,
+                          progress=False)
+        trainer.train(1)
+        return max(int(st["step"]) for st in trainer.optimizer.state.values())
+
+    assert optimizer_steps(None) == 4 * 2  # update_epochs x minibatches
+    assert 1 <= optimizer_steps(1e-6) < 4 * 2
+
+
 def test_pirl_train_writes_outputs_and_resumes(tmp_path, capsys):
     args = [f"output_dir={tmp_path}/run", f"demos.root={tmp_path}/demos", "demos.episodes=2", "env.num_envs=2",
             "sft.steps=10", "eval.episodes=2", "eval.every=0", "save_every=1", "progress=false",
