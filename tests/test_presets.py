@@ -46,6 +46,7 @@ def test_the_weak_start_presets_share_the_start_and_explore_at_the_last_step():
         assert (chain.num_steps, chain.first_stochastic_step, chain.noise_level) == (4, 3, 1.0), n
     grpo = algo_config(cfgs["pushcube_grpo"])  # the measured form: shaped returns, every group kept
     assert (grpo.group_reward, grpo.min_group_success, grpo.max_group_success) == ("return", 0.0, 1.0)
+    assert (grpo.actor_lr, grpo.lr_schedule, grpo.target_kl) == (3e-4, "linear", 0.1)  # session 13's KL stop
     stepnft = algo_config(cfgs["pushcube_stepnft"])  # the measured form: a 3e-4 step decaying to 0
     assert (stepnft.actor_lr, stepnft.lr_schedule) == (3e-4, "linear")
 
