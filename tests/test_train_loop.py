@@ -2,6 +2,7 @@
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -36,6 +37,12 @@ def setup(tmp_path_factory):
     env.close()
 
 
+def tiny_policy(spec, stats, hidden=32):
+    """The flow MLP at test width, normalised with the demos' statistics."""
+    model = build_model("flow_mlp", {"hidden": hidden, "token_dim": hidden // 4, "obs_dim": hidden // 2}, spec)
+    return Policy(spec, model, PolicyTransforms(spec, stats["state"], stats["actions"]))
+
+
 ALGOS = {
     "flow_sde_ppo": AlgoConfig(kind="ppo", chain=ChainConfig(mode="mixed"), chunks_per_env=4, minibatch_size=8),
     "flow_noise_ppo": AlgoConfig(kind="ppo", chain=ChainConfig(mode="noise"), chunks_per_env=4, minibatch_size=8,
@@ -50,8 +57,8 @@ ALGOS = {
 def test_short_seeded_run_does_not_diverge(setup, tmp_path, name):
     spec, stats, env = setup
     torch.manual_seed(0)
-    model = build_model("flow_mlp", {"hidden": 64, "token_dim": 16, "obs_dim": 32}, spec)
-    policy = Policy(spec, model, PolicyTransforms(spec, stats["state"], stats["actions"]))
+    policy = tiny_policy(spec, stats, hidden=64)
+    model = policy.model
     before = {k: v.clone() for k, v in model.state_dict().items()}
     trainer = Trainer(policy, env, ALGOS[name], tmp_path, seed=0, max_chunks=8, eval_every=0, save_every=0,
                       progress=False)
@@ -78,11 +85,8 @@ def test_short_seeded_run_does_not_diverge(setup, tmp_path, name):
 
 
 def test_linear_lr_schedule_falls_to_zero_at_the_last_iteration(setup, tmp_path):
-    from dataclasses import replace
-
     spec, stats, env = setup
-    model = build_model("flow_mlp", {"hidden": 32, "token_dim": 8, "obs_dim": 16}, spec)
-    policy = Policy(spec, model, PolicyTransforms(spec, stats["state"], stats["actions"]))
+    policy = tiny_policy(spec, stats)
     algo = replace(ALGOS["flow_sde_ppo"], lr_schedule="linear", actor_lr=3e-4, critic_lr=1e-3)
     trainer = Trainer(policy, env, algo, tmp_path, max_chunks=8, eval_every=0, save_every=0, progress=False)
     history = trainer.train(3)
@@ -94,14 +98,11 @@ def test_linear_lr_schedule_falls_to_zero_at_the_last_iteration(setup, tmp_path)
 
 def test_target_kl_ends_the_update_early(setup, tmp_path):
     """A KL stop (cleanrl / SB3's target_kl) cuts the epoch loop: fewer optimizer steps than epochs x minibatches."""
-    from dataclasses import replace
-
     spec, stats, env = setup
 
     def optimizer_steps(target_kl):
         torch.manual_seed(0)
-        model = build_model("flow_mlp", {"hidden": 32, "token_dim": 8, "obs_dim": 16}, spec)
-        policy = Policy(spec, model, PolicyTransforms(spec, stats["state"], stats["actions"]))
+        policy = tiny_policy(spec, stats)
         algo = replace(ALGOS["flow_sde_ppo"], actor_lr=1e-2, target_kl=target_kl)  # 16 rows: 2 minibatches
         trainer = Trainer(policy, env, algo, tmp_path, seed=0, max_chunks=8, eval_every=0, save_every=0,
                           progress=False)
@@ -153,8 +154,7 @@ def test_grpo_groups_start_identically_and_can_share_chain_noise(setup):
 
     spec, stats, env = setup
     torch.manual_seed(0)
-    model = build_model("flow_mlp", {"hidden": 32, "token_dim": 8, "obs_dim": 16}, spec)
-    policy = Policy(spec, model, PolicyTransforms(spec, stats["state"], stats["actions"]))
+    policy = tiny_policy(spec, stats)
     rollout, episodes = collect_episodes(policy, env, [7, 7, 9, 9], ChainConfig(mode="mixed"),
                                          torch.Generator().manual_seed(0), max_chunks=8, shared_noise_groups=2)
     first = rollout.raw["state"][:4]  # rows of the first chunk, in env order
