@@ -94,6 +94,27 @@ def test_stepnft_lowers_the_positive_branch_energy_on_successful_samples():
     assert after_minus > before_minus + 0.05
 
 
+def test_sde_step_kl_is_the_expected_log_ratio_of_the_step():
+    """π-StepNFT's approx_kl (what target_kl reads) is the exact KL of the stochastic step: it matches a Monte Carlo
+    estimate of E_old[log p_old - log p_new] over the SDE step, and is 0 when the velocity has not moved."""
+    from pirl_robot.flow.steps import gaussian_log_prob, sde_step_stats
+    from pirl_robot.rl.losses import sde_step_kl
+
+    g = torch.Generator().manual_seed(0)
+    k, a, step = 4, 1.0, 3
+    x_t, v_old = torch.randn(5, 3, 2, generator=g), torch.randn(5, 3, 2, generator=g)
+    v_new = v_old + 0.3 * torch.randn(5, 3, 2, generator=g)
+    t = time_grid(k)[torch.full((5,), step)]
+    kl = sde_step_kl(v_old, v_new, x_t, t, 1.0 / k, a)
+    mean_old, std = sde_step_stats(x_t, v_old, t, 1.0 / k, a)
+    mean_new, _ = sde_step_stats(x_t, v_new, t, 1.0 / k, a)
+    x_next = mean_old + std * torch.randn((200_000, *x_t.shape), generator=g)
+    log_ratio = (gaussian_log_prob(x_next, mean_old, std) - gaussian_log_prob(x_next, mean_new, std)).sum((-1, -2))
+    torch.testing.assert_close(kl, log_ratio.mean(0), rtol=0.03, atol=2e-3)
+    assert (kl > 0).all()
+    assert sde_step_kl(v_old, v_old, x_t, t, 1.0 / k, a).abs().max() == 0
+
+
 def _ppo_on_a_known_objective(mode: str, iterations: int = 50) -> tuple[float, float]:
     """PPO through the chain likelihood on a contextual bandit: reward = -|action - target|."""
     from pirl_robot.flow import chain_log_prob

@@ -86,4 +86,16 @@ def stepnft_loss(v_theta: torch.Tensor, v_old: torch.Tensor, x_t: torch.Tensor, 
     e_plus, e_minus = stepnft_energies(v_theta, v_old, x_t, x_next, t, d, cfg)
     rank = F.softplus(0.5 * cfg.beta_dpo * label * (e_plus - e_minus)).mean()
     reg = cfg.reg_coef * ((v_theta - v_old) ** 2).mean()
-    return rank + reg, {"e_plus": e_plus.mean().item(), "e_minus": e_minus.mean().item(), "rank_loss": rank.item()}
+    return rank + reg, {"e_plus": e_plus.mean().item(), "e_minus": e_minus.mean().item(), "rank_loss": rank.item(),
+                        "approx_kl": sde_step_kl(v_old, v_theta, x_t, t, d, cfg.noise_level).mean().item()}
+
+
+@torch.no_grad()
+def sde_step_kl(v_old: torch.Tensor, v_new: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, d: float,
+                noise_level: float) -> torch.Tensor:
+    """KL(old || new) of one Flow-SDE step per sample, exact: both are Gaussians with the same std (it does not
+    depend on v), so KL = sum (mean_old - mean_new)^2 / (2 std^2). π-StepNFT has no ratio, and this is what PPO's
+    approx_kl estimates for the same transition, so `target_kl` stops its update on the same scale."""
+    mean_old, std = sde_step_stats(x_t, v_old, t, d, noise_level)
+    mean_new, _ = sde_step_stats(x_t, v_new, t, d, noise_level)
+    return ((mean_old - mean_new) ** 2 / (2.0 * std**2)).flatten(1).sum(-1)
