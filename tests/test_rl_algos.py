@@ -337,3 +337,13 @@ def test_velocity_drift_is_zero_for_the_start_itself_and_grows_with_a_change_at_
     per_step, actions = drift.velocity_drift(start, tuned, states)
     assert per_step[:3] == [0.0] * 3 and per_step[3] > 0
     assert abs(actions - 0.25 * 0.5) < 1e-5  # d * the added velocity, in every action entry
+
+
+def test_stepnft_label_forms_are_checked():
+    from pirl_robot.rl.algorithms import AlgoConfig
+
+    chain = ChainConfig(mode="sde", noise_level=1.0, first_stochastic_step=3)
+    with pytest.raises(ValueError, match="stepnft.labels"):
+        AlgoConfig(kind="stepnft", chain=chain, stepnft=StepNFTConfig(noise_level=1.0, labels="return"))
+    with pytest.raises(ValueError, match="centred per group"):
+        AlgoConfig(kind="stepnft", chain=chain, stepnft=StepNFTConfig(noise_level=1.0, labels="group", centre_labels=True))

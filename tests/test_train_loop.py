@@ -11,7 +11,7 @@ from pirl_robot.flow.sampler import ChainConfig
 from pirl_robot.models.factory import build_model
 from pirl_robot.policy import Policy
 from pirl_robot.rl.algorithms import AlgoConfig
-from pirl_robot.rl.losses import PPOConfig
+from pirl_robot.rl.losses import PPOConfig, StepNFTConfig
 from pirl_robot.rl.trainer import Trainer
 from pirl_robot.train import main as train_main
 from pirl_robot.transforms import PolicyTransforms
@@ -50,7 +50,31 @@ ALGOS = {
     "grpo": AlgoConfig(kind="grpo", chain=ChainConfig(mode="mixed"), group_size=2, minibatch_size=8,
                        min_group_success=0.0, max_group_success=1.0),
     "stepnft": AlgoConfig(kind="stepnft", chain=ChainConfig(mode="sde", noise_level=0.2), minibatch_size=8),
+    "stepnft_group": AlgoConfig(kind="stepnft", chain=ChainConfig(mode="sde", noise_level=0.2), minibatch_size=8,
+                                stepnft=StepNFTConfig(noise_level=0.2, labels="group"), group_size=2,
+                                group_reward="return", min_group_success=0.0, max_group_success=1.0),
 }
+
+
+def test_stepnft_group_labels_are_each_episodes_advantage_within_its_group(setup):
+    """stepnft.labels=group: pairs of envs start from one seeded state and each episode's label is its GRPO
+    advantage; in a group of two with different returns that is exactly +1 for the better episode, -1 for the
+    other, on every row (chunk) of the episode."""
+    from pirl_robot.rl.algorithms import CollectContext, StepNFT
+
+    spec, stats, env = setup
+    torch.manual_seed(0)
+    policy = tiny_policy(spec, stats)
+    seeds = iter(range(100, 200))
+    ctx = CollectContext(policy, env, torch.Generator().manual_seed(0), lambda n: [next(seeds) for _ in range(n)], 8)
+    rollout = StepNFT(ALGOS["stepnft_group"]).collect(ctx)
+    assert rollout.keep.all()  # shaped returns, no success band: every group with a spread is informative
+    for e in range(env.num_envs):
+        labels = rollout.labels[rollout.env_of_row == e]
+        assert len(labels) > 0 and (labels == labels[0]).all()
+    first = {e: rollout.labels[rollout.env_of_row == e][0].item() for e in range(env.num_envs)}
+    for a, b in ((0, 1), (2, 3)):
+        assert sorted([first[a], first[b]]) == pytest.approx([-1.0, 1.0], abs=1e-5)  # (eps in the std)
 
 
 @pytest.mark.parametrize("name", list(ALGOS))
@@ -72,8 +96,10 @@ def test_short_seeded_run_does_not_diverge(setup, tmp_path, name):
         for key in ("loss", "grad_norm", "grad_norm_actor", "value_loss", "policy_loss", "mean_return"):
             if key in row and (key != "mean_return" or row["episodes"]):  # no episode ended: NaN by design
                 assert math.isfinite(row[key]), (key, row)
-        if "approx_kl" in row:
+        if "ratio_mean" in row:  # PPO, GRPO
             assert row["approx_kl"] < 0.5 and 0.5 < row["ratio_mean"] < 2.0
+        elif "approx_kl" in row:  # π-StepNFT: the exact KL of its trained step
+            assert math.isfinite(row["approx_kl"]) and row["approx_kl"] >= 0
     after = model.state_dict()
     assert all(torch.isfinite(v).all() for v in after.values())
     moved = sum((after[k] - before[k]).abs().sum().item() for k in before)

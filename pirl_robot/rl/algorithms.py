@@ -56,6 +56,10 @@ class AlgoConfig:
         if self.kind == "stepnft" and abs(self.chain.noise_level - self.stepnft.noise_level) > 1e-9:
             raise ValueError(f"π-StepNFT's branch energies must use the rollout's noise level: chain.noise_level="
                              f"{self.chain.noise_level} != stepnft.noise_level={self.stepnft.noise_level}")
+        if self.stepnft.labels not in ("success", "group"):
+            raise ValueError(f"stepnft.labels must be 'success' or 'group', got {self.stepnft.labels!r}")
+        if self.stepnft.labels == "group" and self.stepnft.centre_labels:
+            raise ValueError("stepnft.centre_labels centres +/-1 success labels; group labels are centred per group")
         if self.group_reward not in ("success", "return"):
             raise ValueError(f"group_reward must be 'success' or 'return', got {self.group_reward!r}")
         if self.lr_schedule not in ("constant", "linear"):
@@ -141,6 +145,21 @@ class PPO(Algorithm):
         return loss, {**stats, "policy_loss": pg.item(), "value_loss": vl.item(), "entropy": ent.item()}
 
 
+def group_relative(rollout: Rollout, stats: list[dict], cfg: AlgoConfig) -> Rollout:
+    """GRPO's group advantages of one round of episodes (stats in env order, groups of cfg.group_size consecutive
+    envs from one initial state) as rollout.advantages, and the rows of the informative groups only (rollout.keep
+    marks them; with none, the rollout stays whole and every row has keep False)."""
+    dev = rollout.logp.device
+    success = torch.tensor([s["success"] for s in stats], device=dev)
+    reward = success.float() if cfg.group_reward == "success" else torch.tensor([s["return"] for s in stats],
+                                                                                 device=dev)
+    groups = torch.arange(len(stats), device=dev) // cfg.group_size
+    ep_adv, keep = group_advantages(reward, groups, success, cfg.min_group_success, cfg.max_group_success)
+    rollout.advantages = ep_adv[rollout.env_of_row]
+    rollout.keep = keep[rollout.env_of_row]
+    return rollout.select(rollout.keep) if bool(rollout.keep.any()) else rollout
+
+
 class GRPO(Algorithm):
     """Critic-free: G episodes per initial state; an episode's advantage is its reward relative to its group's
     (mean and std over the group). Groups outside the success band are dropped before minibatching, so every
@@ -156,20 +175,11 @@ class GRPO(Algorithm):
         return self.informative(rollout, stats)
 
     def informative(self, rollout: Rollout, stats: list[dict]) -> Rollout:
-        """Group advantages of one round of episodes (stats in env order, groups of consecutive envs) and the
-        rows of the informative groups only."""
-        c = self.cfg
-        dev = rollout.logp.device
-        success = torch.tensor([s["success"] for s in stats], device=dev)
-        reward = success.float() if c.group_reward == "success" else torch.tensor([s["return"] for s in stats],
-                                                                                   device=dev)
-        groups = torch.arange(len(stats), device=dev) // c.group_size
-        ep_adv, keep = group_advantages(reward, groups, success, c.min_group_success, c.max_group_success)
-        rollout.advantages = ep_adv[rollout.env_of_row]
-        rollout.keep = keep[rollout.env_of_row]
-        self.kept_frac = float(rollout.keep.float().mean())
-        # no informative group: the rollout stays whole and every minibatch is skipped (DDP ranks still step)
-        return rollout.select(rollout.keep) if bool(rollout.keep.any()) else rollout
+        """Group advantages of one round of episodes and the rows of the informative groups only."""
+        rows = len(rollout)
+        rollout = group_relative(rollout, stats, self.cfg)
+        self.kept_frac = int(rollout.keep.sum()) / rows
+        return rollout
 
     def loss(self, policy, rollout, idx):
         kept = idx[rollout.keep[idx]]
@@ -186,10 +196,16 @@ class GRPO(Algorithm):
 
 class StepNFT(Algorithm):
     def collect(self, ctx: CollectContext) -> Rollout:
-        seeds = ctx.next_seeds(ctx.env.num_envs)
-        rollout, _ = collect_episodes(ctx.policy, ctx.env, seeds, self.cfg.chain, ctx.generator, ctx.max_chunks)
+        c = self.cfg
+        grouped = c.stepnft.labels == "group"
+        seeds = _episode_seeds(ctx, c.group_size) if grouped else ctx.next_seeds(ctx.env.num_envs)
+        rollout, stats = collect_episodes(ctx.policy, ctx.env, seeds, c.chain, ctx.generator, ctx.max_chunks)
+        if grouped:  # each episode's label is its GRPO advantage: a per-initial-state baseline, uninformative groups out
+            rollout = group_relative(rollout, stats, c)
+            rollout.labels = rollout.advantages * rollout.keep
+        else:
+            rollout.labels = self.ranking_labels(rollout.labels)
         rollout.step = self.training_steps(rollout, ctx.generator)
-        rollout.labels = self.ranking_labels(rollout.labels)
         return rollout
 
     def ranking_labels(self, labels: torch.Tensor) -> torch.Tensor:

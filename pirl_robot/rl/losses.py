@@ -58,6 +58,11 @@ class StepNFTConfig:
     # v_theta = v_old is y times zero-mean SDE noise, and a constant baseline leaves its mean alone) with less
     # variance when success is rare and the -1 rows dominate, as a baseline does for REINFORCE
     centre_labels: bool = False
+    # "success": y = +1 / -1 by the episode's success (the paper). "group": episodes come in groups from one
+    # initial state (algo.group_size) and y is the episode's GRPO advantage (algo.group_reward, normalised within
+    # its group; groups outside algo's success band get 0): a per-state baseline, and with group_reward=return
+    # the shaped return's ranking instead of a bare success bit
+    labels: str = "success"
 
 
 def stepnft_energies(v_theta: torch.Tensor, v_old: torch.Tensor, x_t: torch.Tensor, x_next: torch.Tensor,
