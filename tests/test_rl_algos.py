@@ -347,3 +347,22 @@ def test_stepnft_label_forms_are_checked():
         AlgoConfig(kind="stepnft", chain=chain, stepnft=StepNFTConfig(noise_level=1.0, labels="return"))
     with pytest.raises(ValueError, match="centred per group"):
         AlgoConfig(kind="stepnft", chain=chain, stepnft=StepNFTConfig(noise_level=1.0, labels="group", centre_labels=True))
+
+
+def test_stepnft_group_labels_skip_a_round_without_an_informative_group():
+    """Every group solved alike: group labels are all 0 and the minibatch is skipped (no optimizer step, so no
+    drift from Adam's momentum or weight decay); with an informative group the same rows train."""
+    from pirl_robot.rl.algorithms import SKIPPED, AlgoConfig, StepNFT, group_relative
+
+    cfg = AlgoConfig(kind="stepnft", chain=ChainConfig(mode="sde", noise_level=1.0, first_stochastic_step=3),
+                     stepnft=StepNFTConfig(noise_level=1.0, labels="group"), group_size=4, group_reward="success")
+    policy = _tiny_policy()
+    states = torch.randn(2, 4).repeat_interleave(4, 0)
+    for succ, informative in (([True] * 8, False), ([True, False, False, False] + [True] * 4, True)):
+        rollout = group_relative(_episode_rollout(policy, states, 2, cfg.chain),
+                                 [{"success": s, "return": 0.0} for s in succ], cfg)
+        rollout.labels = rollout.advantages * rollout.keep
+        rollout.step = StepNFT.training_steps(rollout, torch.Generator().manual_seed(0))
+        loss, stats = StepNFT(cfg).loss(policy, rollout, torch.arange(len(rollout)))
+        assert stats.get(SKIPPED, False) is (not informative)
+        assert len(rollout) == (8 if informative else 16)  # the kept group's 4 episodes x 2 chunks, or all rows

@@ -228,7 +228,13 @@ class StepNFT(Algorithm):
         x_t, x_next = rollout.xs[idx, step], rollout.xs[idx, step + 1]
         t = time_grid(k).to(x_t.device)[step]
         v, _ = policy.model.velocity(ctx, x_t, t)
-        return stepnft_loss(v, rollout.velocities[idx, step], x_t, x_next, t, 1.0 / k, rollout.labels[idx], c.stepnft)
+        loss, stats = stepnft_loss(v, rollout.velocities[idx, step], x_t, x_next, t, 1.0 / k, rollout.labels[idx],
+                                   c.stepnft)
+        if rollout.keep is not None and not bool(rollout.keep[idx].any()):
+            # group labels, no informative group: all labels 0, so no step at all (Adam's momentum and the weight
+            # decay would still move the policy); the loss stays in the graph for DDP
+            return 0.0 * loss, {**stats, SKIPPED: True}
+        return loss, stats
 
 
 ALGORITHMS = {"ppo": PPO, "grpo": GRPO, "stepnft": StepNFT}
