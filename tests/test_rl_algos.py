@@ -361,7 +361,7 @@ def test_stepnft_group_labels_skip_a_round_without_an_informative_group():
     for succ, informative in (([True] * 8, False), ([True, False, False, False] + [True] * 4, True)):
         rollout = group_relative(_episode_rollout(policy, states, 2, cfg.chain),
                                  [{"success": s, "return": 0.0} for s in succ], cfg)
-        rollout.labels = rollout.advantages * rollout.keep
+        rollout.labels = rollout.advantages
         rollout.step = StepNFT.training_steps(rollout, torch.Generator().manual_seed(0))
         loss, stats = StepNFT(cfg).loss(policy, rollout, torch.arange(len(rollout)))
         assert stats.get(SKIPPED, False) is (not informative)

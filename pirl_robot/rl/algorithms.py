@@ -202,7 +202,7 @@ class StepNFT(Algorithm):
         rollout, stats = collect_episodes(ctx.policy, ctx.env, seeds, c.chain, ctx.generator, ctx.max_chunks)
         if grouped:  # each episode's label is its GRPO advantage: a per-initial-state baseline, uninformative groups out
             rollout = group_relative(rollout, stats, c)
-            rollout.labels = rollout.advantages * rollout.keep
+            rollout.labels = rollout.advantages  # 0 in dropped groups (group_advantages)
         else:
             rollout.labels = self.ranking_labels(rollout.labels)
         rollout.step = self.training_steps(rollout, ctx.generator)
