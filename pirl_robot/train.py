@@ -116,7 +116,7 @@ def _run(cfg: DictConfig, dist: Dist) -> dict:
             say(f"[sft] loss {losses[0]:.3f} -> {losses[-1]:.3f}; success {sft_eval['success_rate']:.3f} "
                 f"over {sft_eval['episodes']} episodes")
         trainer.train(cfg.rl.iterations)
-        final = trainer.evaluate("final")
+        final = trainer.evaluate("final", reuse=True)  # rl.iterations=0 or nothing left: no second run
     finally:
         env.close()
     summary = {

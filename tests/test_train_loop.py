@@ -162,6 +162,24 @@ def test_pirl_train_writes_outputs_and_resumes(tmp_path, capsys):
     assert summary["iterations"] == 2
     assert [r["iteration"] for r in rows if r["kind"] == "train"] == [1, 2]
     assert sum(r.get("tag") == "sft" for r in rows) == 1
+    finals = [r for r in rows if r.get("tag") == "final"]
+    assert [r["iteration"] for r in finals] == [1, 2] and not any("same_as" in r for r in finals)
+    # Nothing left to train: the weights are the ones just scored, so the final row repeats that result.
+    assert train_main(args + ["rl.iterations=2"]) == 0
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    again = rows[-1]
+    assert again["tag"] == "final" and again["same_as"] == "final" and again["iteration"] == 2
+    assert again["successes"] == finals[-1]["successes"] and again["episodes"] == 2
+
+
+def test_pirl_train_without_rl_iterations_scores_the_sft_policy_once(tmp_path):
+    args = [f"output_dir={tmp_path}/run", f"demos.root={tmp_path}/demos", "demos.episodes=2", "env.num_envs=2",
+            "sft.steps=10", "eval.episodes=2", "progress=false", "policy.model.hidden=32", "rl.iterations=0"]
+    assert train_main(args) == 0
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["tag"], r.get("same_as")) for r in rows] == [("sft", None), ("final", "sft")]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["gain_points"] == 0 and summary["rl_success"] == rows[0]["success_rate"]
 
 
 def test_the_measured_experiment_preset_composes_into_a_valid_run():

@@ -89,10 +89,19 @@ class Trainer:
             with open(self.out_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
 
-    def evaluate(self, tag: str) -> dict:
-        """Success of the ODE policy on seeds 10**6 + i, shared out over the ranks and pooled (one Wilson CI)."""
+    def evaluate(self, tag: str, reuse: bool = False) -> dict:
+        """Success of the ODE policy on seeds 10**6 + i, shared out over the ranks and pooled (one Wilson CI).
+
+        reuse: when the last evaluation scored these same weights (no update since) on as many episodes, log its
+        result under `tag` instead of running it again; the ODE evaluation is a function of weights and seeds.
+        """
         from pirl_robot.evaluate import run_episodes, task_stats
 
+        last = next((r for r in reversed(self.history) if r["kind"] == "eval"), None)
+        if reuse and last and last["iteration"] == self.iteration and last["episodes"] == self.eval_episodes:
+            row = {**last, "tag": tag, "wall_s": self.wall_seconds(), "same_as": last["tag"]}
+            self._log(row)
+            return row
         d, n = self.dist, self.eval_episodes
         seeds = list(range(EVAL_SEED_BASE + d.rank, EVAL_SEED_BASE + n, d.world_size))
         with gathered(self.sharded):
