@@ -98,7 +98,8 @@ class Trainer:
         from pirl_robot.evaluate import run_episodes, task_stats
 
         last = next((r for r in reversed(self.history) if r["kind"] == "eval"), None)
-        if reuse and last and last["iteration"] == self.iteration and last["episodes"] == self.eval_episodes:
+        same = bool(last) and last["iteration"] == self.iteration and last["episodes"] == self.eval_episodes
+        if reuse and self.dist.min_int(int(same)):  # every rank decides alike: the evaluation below is collective
             row = {**last, "tag": tag, "wall_s": self.wall_seconds(), "same_as": last["tag"]}
             self._log(row)
             return row
