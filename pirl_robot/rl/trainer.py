@@ -93,7 +93,8 @@ class Trainer:
         """Success of the ODE policy on seeds 10**6 + i, shared out over the ranks and pooled (one Wilson CI).
 
         reuse: when the last evaluation scored these same weights (no update since) on as many episodes, log its
-        result under `tag` instead of running it again; the ODE evaluation is a function of weights and seeds.
+        result under `tag` instead of running it again; the ODE evaluation is a function of weights and seeds (up to
+        float noise in the returns: the simulator remembers earlier episodes, bench/sim_history.py).
         """
         from pirl_robot.evaluate import run_episodes, task_stats
 
