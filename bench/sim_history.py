@@ -8,8 +8,9 @@ and again after `--between` episodes with other seeds. Two action sequences: "ra
 pd_joint_pos box, as in ManiSkill's speed checks: hard contacts, the gripper opening and closing) and "smooth" (a
 small sinusoid around the start pose, gripper open: no contact). The table gives the largest state difference
 and the return difference against the first run. Nonzero rows mean the simulator carries state across
-reset(seed) (PhysX's contact and solver caches): a training run whose envs also run evaluation episodes then
-depends, bit for bit, on what those evaluations did (docs/benchmarks.md, issue 14, session 18).
+reset(seed) (which part of PhysX or ManiSkill holds it is not pinned down): a training run whose envs also run
+evaluation episodes then depends, down to float rounding, on what those evaluations did (docs/benchmarks.md,
+issue 14, session 18).
 """
 
 from __future__ import annotations
@@ -54,8 +55,9 @@ def diff(a: tuple[np.ndarray, float], b: tuple[np.ndarray, float]) -> tuple[floa
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    head, rest = __doc__.split("\n\n", 1)
+    p = argparse.ArgumentParser(usage=".venv/bin/python bench/sim_history.py [--seeds 4] [--between 3]",
+                                description=head, epilog=rest, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", default="PushCube-v1")
     p.add_argument("--seeds", type=int, default=4)
     p.add_argument("--between", type=int, default=3, help="episodes with other seeds before the third run")
