@@ -314,13 +314,9 @@ def test_stepnft_centred_labels_sum_to_zero_and_leave_no_gradient_without_contra
 def test_velocity_drift_is_zero_for_the_start_itself_and_grows_with_a_change_at_one_step():
     """bench/velocity_drift.py: no change of a policy against itself; a velocity change added at one denoising
     time only shows at that step (the chain's earlier points are the SFT chain's own)."""
-    import importlib.util
-    from pathlib import Path
+    from bench_utils import load_bench
 
-    path = Path(__file__).resolve().parents[1] / "bench" / "velocity_drift.py"
-    spec = importlib.util.spec_from_file_location("velocity_drift", path)
-    drift = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(drift)
+    drift = load_bench("velocity_drift")
 
     start, tuned = _tiny_policy(), _tiny_policy()
     states = torch.randn(64, 4, generator=torch.Generator().manual_seed(3))
