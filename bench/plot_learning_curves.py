@@ -16,7 +16,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pirl_robot.evaluate import wilson_interval  # noqa: E402
 from pirl_robot.utils.plots import pyplot, read_metrics, save_figure  # noqa: E402
 
 
@@ -37,9 +36,6 @@ def eval_curve(run: Path) -> list[dict]:
             iter_s[r["iteration"]] = t
     for r in rows:
         r.setdefault("wall_s", iter_s.get(r["iteration"], 0.0))
-        if "successes" not in r:  # rows written before 2026-11-27: ci95 was a normal half-width, no count
-            r["successes"] = round(r["success_rate"] * r["episodes"])
-            r["ci95"] = wilson_interval(r["successes"], r["episodes"])
     return sorted(rows, key=lambda r: (r["iteration"], r.get("tag") != "sft"))
 
 

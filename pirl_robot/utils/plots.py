@@ -26,8 +26,16 @@ def save_figure(fig, out: str | Path, dpi: int = 110) -> Path:
 
 def read_metrics(metrics: str | Path) -> list[dict]:
     """The rows of a run's metrics.jsonl (rl.trainer): {"kind": "train" | "eval", "iteration", "env_steps", ...};
-    eval rows carry success_rate, successes, episodes and ci95 (the Wilson 95% interval [lo, hi])."""
-    return [json.loads(x) for x in Path(metrics).read_text().splitlines() if x.strip()]
+    eval rows carry success_rate, successes, episodes and ci95 (the Wilson 95% interval [lo, hi]). Eval rows written
+    before 2026-11-27 (ci95 a normal half-width, no count) are given their count and Wilson interval."""
+    from pirl_robot.evaluate import wilson_interval
+
+    rows = [json.loads(x) for x in Path(metrics).read_text().splitlines() if x.strip()]
+    for r in rows:
+        if r["kind"] == "eval" and "successes" not in r:
+            r["successes"] = round(r["success_rate"] * r["episodes"])
+            r["ci95"] = wilson_interval(r["successes"], r["episodes"])
+    return rows
 
 
 def learning_curve(metrics: str | Path, out: str | Path, title: str = "") -> Path:
