@@ -25,10 +25,11 @@ def panda_spec(cameras: tuple[CameraSpec, ...] = (), control_hz: float = 20.0, *
     return PolicySpec(**args)
 
 
-def tiny_policy(spec: PolicySpec, seed: int = 0) -> Policy:
-    """A small flow_mlp with random weights and non-trivial stats (enough to exercise every transform)."""
+def tiny_policy(spec: PolicySpec, seed: int = 0, **model: object) -> Policy:
+    """A small flow_mlp with random weights and non-trivial stats (enough to exercise every transform); `model`
+    overrides its FlowMLPConfig (e.g. noise_net=False)."""
     torch.manual_seed(seed)
-    model = build_model("flow_mlp", {"hidden": 32, "depth": 2, "token_dim": 8, "obs_dim": 16}, spec)
+    model = build_model("flow_mlp", {"hidden": 32, "depth": 2, "token_dim": 8, "obs_dim": 16, **model}, spec)
     g = torch.Generator().manual_seed(seed)
     stats = PolicyTransforms(spec, Stats(torch.randn(spec.state_dim, generator=g), torch.rand(spec.state_dim) + 0.5),
                              Stats(torch.randn(spec.action_dim, generator=g), torch.rand(spec.action_dim) + 0.5))
